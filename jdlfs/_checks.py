@@ -1,0 +1,102 @@
+"""Input validation shared by every public op.
+
+Bad input must fail at trace time with a message that names the argument and
+the expected shape/dtype — never a deep XLA traceback or a silent broadcast.
+These helpers run in Python on static shapes/dtypes, so they cost nothing
+under ``jit`` and see per-example shapes under ``vmap``.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+
+def _describe(x) -> str:
+    shape = getattr(x, "shape", None)
+    dtype = getattr(x, "dtype", None)
+    if shape is None:
+        return f"a {type(x).__name__}"
+    return f"an array of shape {tuple(shape)} and dtype {dtype}"
+
+
+def float_array(name: str, x, *, rank: int | None = None, min_rank: int | None = None,
+                layout: str | None = None):
+    """Return ``x`` as a JAX array after checking it is floating point.
+
+    Args:
+      name: argument name used in error messages.
+      rank / min_rank: required (minimum) number of dimensions.
+      layout: human description of the expected layout, e.g. ``"(N, H, W, C)"``.
+    Raises:
+      TypeError: not an array-like of a floating dtype.
+      ValueError: wrong rank.
+    """
+    if not hasattr(x, "dtype"):
+        try:
+            x = jnp.asarray(x)
+        except TypeError as e:
+            raise TypeError(f"{name} must be a floating-point array, got {_describe(x)}") from e
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(
+            f"{name} must have a floating-point dtype (float16/bfloat16/float32/float64), "
+            f"got {_describe(x)}")
+    _check_rank(name, x, rank, min_rank, layout)
+    return jnp.asarray(x)
+
+
+def int_array(name: str, x, *, min_rank: int | None = None, rank: int | None = None,
+              layout: str | None = None):
+    """Return ``x`` as a JAX integer array (ids, labels, indices)."""
+    if not hasattr(x, "dtype"):
+        x = np.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.integer):
+        raise TypeError(f"{name} must have an integer dtype, got {_describe(x)}")
+    _check_rank(name, x, rank, min_rank, layout)
+    return jnp.asarray(x)
+
+
+def _check_rank(name, x, rank, min_rank, layout):
+    lay = f" {layout}" if layout else ""
+    if rank is not None and x.ndim != rank:
+        raise ValueError(f"{name} must have rank {rank}{lay}, got {_describe(x)}")
+    if min_rank is not None and x.ndim < min_rank:
+        raise ValueError(f"{name} must have rank >= {min_rank}{lay}, got {_describe(x)}")
+
+
+def same_dtype(**named) -> None:
+    """All named (non-None) arrays must share one dtype: no silent promotion."""
+    items = [(k, v) for k, v in named.items() if v is not None]
+    dtypes = {jnp.dtype(v.dtype) for _, v in items}
+    if len(dtypes) > 1:
+        desc = ", ".join(f"{k}: {v.dtype}" for k, v in items)
+        raise TypeError(f"arguments must share one floating dtype, got {desc}")
+
+
+def shape_is(name: str, x, expected: tuple, what: str = "") -> None:
+    """``x.shape`` must equal ``expected`` exactly (no broadcasting)."""
+    if tuple(x.shape) != tuple(expected):
+        extra = f" ({what})" if what else ""
+        raise ValueError(f"{name} must have shape {tuple(expected)}{extra}, got {_describe(x)}")
+
+
+def static_int(name: str, v, *, minimum: int = 0) -> int:
+    """A non-differentiable integer configuration value (stride, window, patch)."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name} must be a Python int, got {v!r}")
+    if v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    return int(v)
+
+
+def static_pair(name: str, v, *, minimum: int = 1) -> tuple[int, int]:
+    """An int or a pair of ints, e.g. ``stride=2`` or ``stride=(2, 1)``."""
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
+        return static_int(name, v[0], minimum=minimum), static_int(name, v[1], minimum=minimum)
+    v = static_int(name, v, minimum=minimum)
+    return v, v
+
+
+__all__ = ["float_array", "int_array", "same_dtype", "shape_is", "static_int", "static_pair"]

@@ -1,0 +1,194 @@
+"""Batch normalization and layer normalization with closed-form backward.
+
+Both normalise over a set of m entries S (batch norm: every axis but the last,
+per channel; layer norm: the last axis, per position):
+    mu = mean_S x,   var = mean_S (x - mu)^2   (biased),   r = 1 / sqrt(var + eps)
+    xh = (x - mu) r,  y = gamma xh + beta
+
+Backward (g = dL/dy; sums over S; dxh = g gamma):
+    dL/dgamma = sum g xh           (over the normalised axes, per feature)
+    dL/dbeta  = sum g
+    dL/dx     = (r / m) (m dxh - sum dxh - xh sum(dxh xh))
+The last line is the chain rule through mu and var collapsed: d xh_i / d x_j =
+r (d_ij - 1/m - xh_i xh_j / m).
+
+batch_norm also returns (mu, var) so a layer can update running statistics.
+If those outputs are differentiated too, their cotangents (gm, gv) add
+    dL/dx += gm / m + gv 2 (x - mu) / m
+so the rule is exact for every output, not only y.
+
+Numerical choices, made here:
+* eps is added to the variance inside the square root: r = 1/sqrt(var + eps).
+* Statistics are computed in float32 (or float64 for float64 input) even when
+  x is float16/bfloat16; the output is cast back to x's dtype.
+* The variance is the two-pass mean((x - mu)^2), never E[x^2] - mu^2, which
+  cancels catastrophically when var << mu^2 (near-constant features).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+
+from .._checks import float_array, same_dtype, shape_is
+
+
+def _stats_dtype(dtype):
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def _normalize(x, axes, eps):
+    """Returns (xh, mu, var, r) in the statistics dtype; mu/var keep dims."""
+    xf = x.astype(_stats_dtype(x.dtype))
+    mu = jnp.mean(xf, axis=axes, keepdims=True)
+    var = jnp.mean(jnp.square(xf - mu), axis=axes, keepdims=True)
+    r = jax.lax.rsqrt(var + eps)
+    return (xf - mu) * r, mu, var, r
+
+
+def _norm_input_grad(g_xh, xh, r, axes, m):
+    """dL/dx = (r / m) (m dxh - sum dxh - xh sum(dxh xh)), sums over ``axes``."""
+    sum_d = jnp.sum(g_xh, axis=axes, keepdims=True)
+    sum_dx = jnp.sum(g_xh * xh, axis=axes, keepdims=True)
+    return (r / m) * (m * g_xh - sum_d - xh * sum_dx)
+
+
+# ================================================================ batch norm (training)
+def _bn_forward(x, gamma, beta, eps):
+    axes = tuple(range(x.ndim - 1))
+    xh, mu, var, r = _normalize(x, axes, eps)
+    y = (xh * gamma + beta).astype(x.dtype)
+    return (y, mu.reshape(-1).astype(x.dtype), var.reshape(-1).astype(x.dtype)), (xh, r)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _batch_norm(x, gamma, beta, eps):
+    return _bn_forward(x, gamma, beta, eps)[0]
+
+
+def _batch_norm_fwd(x, gamma, beta, eps):
+    out, (xh, r) = _bn_forward(x, gamma, beta, eps)
+    return out, (xh, r, gamma)
+
+
+def _batch_norm_bwd(eps, res, cts):
+    xh, r, gamma = res
+    g, g_mean, g_var = cts
+    axes = tuple(range(xh.ndim - 1))
+    m = xh.size // xh.shape[-1]
+    gf = g.astype(xh.dtype)
+    dgamma = jnp.sum(gf * xh, axis=axes)                                   # (C,)
+    dbeta = jnp.sum(gf, axis=axes)                                         # (C,)
+    dx = _norm_input_grad(gf * gamma, xh, r, axes, m)                       # via y
+    # via the returned statistics: d mu/dx = 1/m, d var/dx = 2 (x - mu)/m = 2 xh / (r m)
+    dx = dx + (g_mean.astype(xh.dtype) + 2 * g_var.astype(xh.dtype) * xh / r) / m
+    return dx.astype(g.dtype), dgamma.astype(gamma.dtype), dbeta.astype(gamma.dtype)
+
+
+_batch_norm.defvjp(_batch_norm_fwd, _batch_norm_bwd)
+
+
+def _check_affine(x, gamma, beta):
+    c = x.shape[-1]
+    gamma = float_array("gamma", gamma, rank=1, layout="(C,)")
+    beta = float_array("beta", beta, rank=1, layout="(C,)")
+    shape_is("gamma", gamma, (c,), "one scale per feature (last axis of x)")
+    shape_is("beta", beta, (c,), "one shift per feature (last axis of x)")
+    same_dtype(x=x, gamma=gamma, beta=beta)
+    return gamma, beta
+
+
+def batch_norm(x, gamma, beta, *, eps: float = 1e-5):
+    """Training-mode batch normalization over every axis but the last.
+
+    Args:
+      x: ``(..., C)`` with at least one batch axis (``(N, C)`` or ``(N, H, W, C)``).
+      gamma, beta: ``(C,)``.
+      eps: added to the variance inside the square root.
+    Returns:
+      ``(y, batch_mean, batch_var)``: y like x; mean and biased variance ``(C,)``.
+    """
+    x = float_array("x", x, min_rank=2, layout="(N, ..., C)")
+    gamma, beta = _check_affine(x, gamma, beta)
+    return _batch_norm(x, gamma, beta, float(eps))
+
+
+# ================================================================ batch norm (inference)
+@partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _bn_inference(x, gamma, beta, mean, var, eps):
+    r = jax.lax.rsqrt(var + eps)
+    return (x - mean) * (r * gamma) + beta
+
+
+def _bn_inference_fwd(x, gamma, beta, mean, var, eps):
+    return _bn_inference(x, gamma, beta, mean, var, eps), (x, gamma, mean, var)
+
+
+def _bn_inference_bwd(eps, res, g):
+    # y = (x - mean) r gamma + beta is affine in x with fixed statistics:
+    #   dx = g r gamma; dgamma = sum g (x - mean) r; dbeta = sum g;
+    #   dmean = -sum g r gamma; dvar = sum g (x - mean) gamma (-1/2) r^3.
+    x, gamma, mean, var = res
+    axes = tuple(range(x.ndim - 1))
+    r = jax.lax.rsqrt(var + eps)
+    dx = g * (r * gamma)
+    xc = x - mean
+    dgamma = jnp.sum(g * xc, axis=axes) * r
+    dbeta = jnp.sum(g, axis=axes)
+    dmean = -jnp.sum(dx, axis=axes)
+    dvar = jnp.sum(g * xc, axis=axes) * gamma * (-0.5) * r ** 3
+    return dx, dgamma, dbeta, dmean, dvar
+
+
+_bn_inference.defvjp(_bn_inference_fwd, _bn_inference_bwd)
+
+
+def batch_norm_inference(x, gamma, beta, mean, var, *, eps: float = 1e-5):
+    """Evaluation-mode batch norm with given (running) ``mean`` and ``var`` ``(C,)``:
+    ``(x - mean) / sqrt(var + eps) * gamma + beta``. Differentiable in all five arrays."""
+    x = float_array("x", x, min_rank=1, layout="(..., C)")
+    gamma, beta = _check_affine(x, gamma, beta)
+    mean = float_array("mean", mean, rank=1, layout="(C,)")
+    var = float_array("var", var, rank=1, layout="(C,)")
+    shape_is("mean", mean, gamma.shape)
+    shape_is("var", var, gamma.shape)
+    same_dtype(x=x, mean=mean, var=var)
+    return _bn_inference(x, gamma, beta, mean, var, float(eps))
+
+
+# ================================================================ layer norm
+def _ln_forward(x, gamma, beta, eps):
+    xh, _, _, r = _normalize(x, (-1,), eps)
+    return (xh * gamma + beta).astype(x.dtype), (xh, r)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _layer_norm(x, gamma, beta, eps):
+    return _ln_forward(x, gamma, beta, eps)[0]
+
+
+def _layer_norm_fwd(x, gamma, beta, eps):
+    y, (xh, r) = _ln_forward(x, gamma, beta, eps)
+    return y, (xh, r, gamma)
+
+
+def _layer_norm_bwd(eps, res, g):
+    xh, r, gamma = res
+    gf = g.astype(xh.dtype)
+    batch_axes = tuple(range(xh.ndim - 1))
+    dgamma = jnp.sum(gf * xh, axis=batch_axes)
+    dbeta = jnp.sum(gf, axis=batch_axes)
+    dx = _norm_input_grad(gf * gamma, xh, r, (-1,), xh.shape[-1])
+    return dx.astype(g.dtype), dgamma.astype(gamma.dtype), dbeta.astype(gamma.dtype)
+
+
+_layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
+def layer_norm(x, gamma, beta, *, eps: float = 1e-5):
+    """Layer normalization over the last axis: ``x (..., D)``, ``gamma, beta (D,)``."""
+    x = float_array("x", x, min_rank=1, layout="(..., D)")
+    gamma, beta = _check_affine(x, gamma, beta)
+    return _layer_norm(x, gamma, beta, float(eps))

@@ -1,0 +1,113 @@
+"""softmax, log_softmax and logsumexp along one axis.
+
+Forward (shifted by the max m = max_k x_k, so exp never overflows and logits of
+magnitude 1e4 stay finite; at least one term is exp(0) = 1, so log never sees 0)
+    lse(x)      = m + log sum_k exp(x_k - m)
+    softmax(x)  = exp(x - lse(x))
+    log_softmax = x - lse(x)
+
+Backward (p = softmax(x), g = upstream cotangent, sums along ``axis``)
+    lse:          d lse / dx_k = p_k                  ->  dx = g p           (g broadcast)
+    softmax:      dp_i / dx_k = p_i (d_ik - p_k)      ->  dx = p (g - sum(g p))
+    log_softmax:  d ls_i / dx_k = d_ik - p_k          ->  dx = g - p sum(g)
+
+If every entry along the axis is ``-inf`` the result is NaN (an empty
+distribution has no normaliser); :func:`jdlfs.functional.attention` handles
+fully masked rows explicitly instead.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from .._checks import float_array
+
+
+def _lse(x, axis):
+    m = lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))  # shift only; lse is exact
+    return m + jnp.log(jnp.sum(jnp.exp(x - m), axis=axis, keepdims=True))
+
+
+def _axis(x, axis) -> int:
+    if not isinstance(axis, int) or isinstance(axis, bool):
+        raise TypeError(f"axis must be a Python int, got {axis!r}")
+    if not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"axis {axis} is out of range for x of shape {x.shape}")
+    return axis % x.ndim
+
+
+# ---------------------------------------------------------------- logsumexp
+@partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _logsumexp(x, axis):
+    return jnp.squeeze(_lse(x, axis), axis)
+
+
+def _logsumexp_fwd(x, axis):
+    lse = _lse(x, axis)
+    return jnp.squeeze(lse, axis), (x, lse)
+
+
+def _logsumexp_bwd(axis, res, g):
+    x, lse = res
+    return (jnp.expand_dims(g, axis) * jnp.exp(x - lse),)      # g * softmax(x)
+
+
+_logsumexp.defvjp(_logsumexp_fwd, _logsumexp_bwd)
+
+
+def logsumexp(x, axis: int = -1):
+    """``log sum exp(x)`` along ``axis`` (removed); gradient ``g * softmax(x)``."""
+    x = float_array("x", x, min_rank=1)
+    return _logsumexp(x, _axis(x, axis))
+
+
+# ---------------------------------------------------------------- softmax
+@partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _softmax(x, axis):
+    return jnp.exp(x - _lse(x, axis))
+
+
+def _softmax_fwd(x, axis):
+    p = _softmax(x, axis)
+    return p, p
+
+
+def _softmax_bwd(axis, p, g):
+    return (p * (g - jnp.sum(g * p, axis=axis, keepdims=True)),)
+
+
+_softmax.defvjp(_softmax_fwd, _softmax_bwd)
+
+
+def softmax(x, axis: int = -1):
+    """``exp(x) / sum exp(x)`` along ``axis``; gradient ``p * (g - sum(g p))``."""
+    x = float_array("x", x, min_rank=1)
+    return _softmax(x, _axis(x, axis))
+
+
+# ---------------------------------------------------------------- log_softmax
+@partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _log_softmax(x, axis):
+    return x - _lse(x, axis)
+
+
+def _log_softmax_fwd(x, axis):
+    y = _log_softmax(x, axis)
+    return y, y
+
+
+def _log_softmax_bwd(axis, y, g):
+    return (g - jnp.exp(y) * jnp.sum(g, axis=axis, keepdims=True),)
+
+
+_log_softmax.defvjp(_log_softmax_fwd, _log_softmax_bwd)
+
+
+def log_softmax(x, axis: int = -1):
+    """``x - logsumexp(x)`` along ``axis``; gradient ``g - softmax(x) * sum(g)``."""
+    x = float_array("x", x, min_rank=1)
+    return _log_softmax(x, _axis(x, axis))
