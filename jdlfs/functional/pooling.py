@@ -49,15 +49,17 @@ def _pool_geometry(x, window, stride, padding):
     return x, window, stride, pads, out_hw
 
 
-def _reduce_window(x, init, op, window, stride, pads):
-    return lax.reduce_window(x, jnp.asarray(init, x.dtype), op, (1, *window, 1), (1, *stride, 1),
-                             ((0, 0), *pads, (0, 0)))
+def _reduce_window(x, init: float, op, window, stride, pads):
+    # ``init`` must stay a Python scalar: lax then emits the dedicated
+    # reduce_window_max / reduce_window_sum primitives (fast, differentiable);
+    # an array init value gives the generic reduce_window, which is neither.
+    return lax.reduce_window(x, init, op, (1, *window, 1), (1, *stride, 1), ((0, 0), *pads, (0, 0)))
 
 
 # ================================================================ max pool
 @partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _max_pool(x, window, stride, pads):
-    return _reduce_window(x, -jnp.inf, lax.max, window, stride, pads)
+    return _reduce_window(x, -float("inf"), lax.max, window, stride, pads)
 
 
 def _max_pool_fwd(x, window, stride, pads):
@@ -107,7 +109,7 @@ def _window_counts(in_hw, window, stride, pads) -> np.ndarray:
 @partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _avg_pool(x, window, stride, pads):
     counts = _window_counts(x.shape[1:3], window, stride, pads).astype(x.dtype)
-    return _reduce_window(x, 0, lax.add, window, stride, pads) / counts
+    return _reduce_window(x, 0.0, lax.add, window, stride, pads) / counts
 
 
 def _avg_pool_fwd(x, window, stride, pads):
