@@ -127,12 +127,7 @@ def main(argv=None) -> dict:
         results["speed_ratio_autodiff_over_hand"] = results["autodiff_seconds_per_epoch"] / results["seconds_per_epoch"]
 
     runs.save_figure(runs.plot_history(ours.history, "MNIST MLP 784-128-10"), out, "curves.png")
-    fig, ax = runs.plt.subplots(figsize=(5, 4.5))
-    im = ax.imshow(final["confusion"], cmap="Blues")
-    ax.set(xlabel="predicted", ylabel="true", title=f"confusion (test acc {100 * final['accuracy']:.2f}%)",
-           xticks=range(10), yticks=range(10))
-    fig.colorbar(im, ax=ax)
-    runs.save_figure(fig, out, "confusion.png")
+    runs.save_figure(runs.plot_confusion(final["confusion"], final["accuracy"]), out, "confusion.png")
     return runs.finish(args, results)
 
 

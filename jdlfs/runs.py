@@ -95,3 +95,26 @@ def plot_history(history: list[dict], title: str):
         a.grid(alpha=0.3)
         a.legend()
     return fig
+
+
+def plot_confusion(conf, accuracy: float, class_names=None):
+    """Confusion matrix (rows: true, columns: predicted). Colour shows the
+    errors only (the diagonal would swamp them); every non-zero count is printed."""
+    import numpy as np
+
+    conf = np.asarray(conf)
+    k = conf.shape[0]
+    fig, ax = plt.subplots(figsize=(5.5 + 0.1 * k, 5 + 0.1 * k))
+    im = ax.imshow(np.where(np.eye(k, dtype=bool), np.nan, conf), cmap="Reds")
+    for i in range(k):
+        for j in range(k):
+            if conf[i, j]:
+                ax.text(j, i, str(conf[i, j]), ha="center", va="center", fontsize=7,
+                        color="k" if i != j else "tab:green")
+    labels = class_names if class_names is not None else range(k)
+    ax.set(xlabel="predicted", ylabel="true", xticks=range(k), yticks=range(k),
+           title=f"test confusion (accuracy {100 * accuracy:.2f}%)\ncolour: errors; diagonal: correct counts")
+    ax.set_xticklabels(labels, rotation=45 if class_names is not None else 0)
+    ax.set_yticklabels(labels)
+    fig.colorbar(im, ax=ax, shrink=0.8, label="errors")
+    return fig

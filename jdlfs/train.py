@@ -70,7 +70,7 @@ def make_train_step(model: Layer, optimizer: optax.GradientTransformation, *,
     return train_step
 
 
-def make_scan_steps(train_step, dropout_key_base=None):
+def make_scan_steps(train_step):
     """Jitted ``run(ts, xs, ys, key) -> (ts, losses, corrects)`` over stacked batches;
     the step's key is ``fold_in(key, ts.step)``."""
     @jax.jit

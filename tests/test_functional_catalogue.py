@@ -13,6 +13,10 @@ from jdlfs.gradcheck import check_vjp, custom_vjp_count, strip_custom_vjp
 from jdlfs.op_cases import CASES
 
 IDS = [c.name for c in CASES]
+# The contract tests below (jit/vmap, per-example, grad-of-grad, structure) run on
+# the first configuration of each op; the three-way check covers every configuration.
+ONE_PER_OP = list({c.op: c for c in reversed(CASES)}.values())[::-1]
+OP_IDS = [c.name for c in ONE_PER_OP]
 RULELESS = {"split_heads", "merge_heads", "causal_mask"}  # reshapes / constants, no rule
 
 
@@ -59,7 +63,7 @@ def test_uses_its_custom_rule(case):
     assert custom_vjp_count(case.fn, *_args(case)) >= 1
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", ONE_PER_OP, ids=OP_IDS)
 def test_jit_and_vmap_agree(case):
     a0, a1 = _args(case, seed=0), _args(case, seed=1)
     eager = case.fn(*a0)
@@ -71,7 +75,7 @@ def test_jit_and_vmap_agree(case):
     jax.tree.map(lambda b, e: chex_close(b[1], e), batched, case.fn(*a1))
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", ONE_PER_OP, ids=OP_IDS)
 def test_per_example_gradients(case):
     """vmap(grad) over a batch of argument sets equals a loop of grads."""
     sets = [_args(case, seed=s) for s in range(3)]
@@ -82,33 +86,33 @@ def test_per_example_gradients(case):
         f, fa = _scalarized(case, args)
         return f(fa)
 
-    grad_fn = jax.grad(loss, argnums=tuple(fidx))
-    batched = jax.vmap(grad_fn)(*(jnp.stack(xs) for xs in zip(*sets)))
+    grad_fn = jax.jit(jax.grad(loss, argnums=tuple(fidx)))
+    batched = jax.jit(jax.vmap(grad_fn))(*(jnp.stack(xs) for xs in zip(*sets)))
     for k, args in enumerate(sets):
         for gb, gl in zip(batched, grad_fn(*args)):
             np.testing.assert_allclose(gb[k], gl, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", ONE_PER_OP, ids=OP_IDS)
 def test_grad_of_grad(case):
     """Reverse-over-reverse: numerically right (check_grads order 2) and equal
     to autodiff-over-autodiff of the same forward with the rule bypassed.
     (Forward mode is impossible through a custom_vjp.)"""
     args = _args(case)
     f, fargs = _scalarized(case, args)
-    check_grads(lambda *a: f(a), fargs, order=2, modes=["rev"], eps=1e-4)
+    check_grads(jax.jit(lambda *a: f(a)), fargs, order=2, modes=["rev"], eps=1e-5)
     plain, _ = _scalarized(case, args)
     stripped = strip_custom_vjp(case.fn)
     g_hand = lambda *a: jax.grad(lambda b: f(b))(a)  # noqa: E731
     g_auto = lambda *a: jax.grad(lambda b: plain(b, fn=stripped))(a)  # noqa: E731
     u = [jnp.asarray(np.random.default_rng(5).standard_normal(a.shape)) for a in fargs]
-    hv_hand = jax.grad(lambda *a: sum(jnp.sum(x * y) for x, y in zip(g_hand(*a), u)), argnums=tuple(range(len(fargs))))(*fargs)
-    hv_auto = jax.grad(lambda *a: sum(jnp.sum(x * y) for x, y in zip(g_auto(*a), u)), argnums=tuple(range(len(fargs))))(*fargs)
+    hv_hand = jax.jit(jax.grad(lambda *a: sum(jnp.sum(x * y) for x, y in zip(g_hand(*a), u)), argnums=tuple(range(len(fargs)))))(*fargs)
+    hv_auto = jax.jit(jax.grad(lambda *a: sum(jnp.sum(x * y) for x, y in zip(g_auto(*a), u)), argnums=tuple(range(len(fargs)))))(*fargs)
     for a, b in zip(hv_hand, hv_auto):
         np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10)
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", ONE_PER_OP, ids=OP_IDS)
 def test_gradient_structure_zero_cotangent_and_determinism(case):
     args = _args(case, np.float32)
     out, vjp = jax.vjp(case.fn, *args)

@@ -87,13 +87,17 @@ def test_rnn_random_shapes(b, t, din, hidden, dtype, seed):
     check_vjp(F.rnn, *args, reference=_ref_rnn).raise_if_failed()
 
 
-@given(shape=st.lists(st.integers(1, 4), min_size=1, max_size=3), d=st.integers(2, 6), dtype=dtypes,
+@given(shape=st.lists(st.integers(1, 4), min_size=1, max_size=3), d=st.integers(3, 6), dtype=dtypes,
        seed=st.integers(0, 2**16), batch=st.booleans())
 def test_normalization_random_shapes(shape, d, dtype, seed, batch):
+    # Normalising over 2 entries is degenerate: xh = +-1 whatever x is, so dL/dx is
+    # exactly 0 and every implementation returns rounding noise (relative error of
+    # noise vs noise is meaningless). Hence >= 3 normalised entries; N = 1 and the
+    # zero-variance cases are tested in test_functional_edges.py.
     rng = np.random.default_rng(seed)
     x, g, b = arr(rng, (*shape, d), dtype, 2.0), arr(rng, (d,), dtype), arr(rng, (d,), dtype)
     if batch:
-        if int(np.prod(shape)) < 2:
+        if int(np.prod(shape)) < 3:
             return
         from jdlfs.op_cases import _ref_batch_norm
         check_vjp(F.batch_norm, x, g, b, reference=_ref_batch_norm).raise_if_failed()

@@ -37,7 +37,7 @@ def _xent_parts(logits, labels, mask, smoothing):
     log_p = shifted - lse                                                     # (..., K)
     onehot = jax.nn.one_hot(labels, k, dtype=logits.dtype)                    # (..., K)
     target = onehot if smoothing == 0.0 else (1 - smoothing) * onehot + smoothing / k
-    per_pos = -jnp.sum(target * log_p, axis=-1)                               # (...)
+    per_pos = jnp.sum(target * (lse - shifted), axis=-1)                      # (...) = -sum t log p, >= +0
     w = jnp.ones(labels.shape, logits.dtype) if mask is None else mask.astype(logits.dtype)
     count = jnp.maximum(jnp.sum(w), 1)
     return jnp.sum(w * per_pos) / count, (log_p, target, w, count)

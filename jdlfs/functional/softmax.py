@@ -2,9 +2,12 @@
 
 Forward (shifted by the max m = max_k x_k, so exp never overflows and logits of
 magnitude 1e4 stay finite; at least one term is exp(0) = 1, so log never sees 0)
-    lse(x)      = m + log sum_k exp(x_k - m)
-    softmax(x)  = exp(x - lse(x))
-    log_softmax = x - lse(x)
+    z           = x - m                               (exact: the shift comes first)
+    lse(x)      = m + log sum_k exp(z_k)
+    softmax(x)  = exp(z) / sum_k exp(z_k)
+    log_softmax = z - log sum_k exp(z_k)
+Forming ``x - lse(x)`` instead would round lse to the float32 spacing of |x|
+(~1e-3 at 1e4) before subtracting; working on the shifted z keeps full precision.
 
 Backward (p = softmax(x), g = upstream cotangent, sums along ``axis``)
     lse:          d lse / dx_k = p_k                  ->  dx = g p           (g broadcast)
@@ -27,9 +30,17 @@ from jax import lax
 from .._checks import float_array
 
 
+def _shifted(x, axis):
+    """(z, log sum exp z, m) with m = max(x) (kept dims), z = x - m. The max only
+    shifts (the result does not depend on it), so it carries no gradient."""
+    m = lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
+    z = x - m
+    return z, jnp.log(jnp.sum(jnp.exp(z), axis=axis, keepdims=True)), m
+
+
 def _lse(x, axis):
-    m = lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))  # shift only; lse is exact
-    return m + jnp.log(jnp.sum(jnp.exp(x - m), axis=axis, keepdims=True))
+    _, log_sum, m = _shifted(x, axis)
+    return m + log_sum
 
 
 def _axis(x, axis) -> int:
@@ -53,7 +64,7 @@ def _logsumexp_fwd(x, axis):
 
 def _logsumexp_bwd(axis, res, g):
     x, lse = res
-    return (jnp.expand_dims(g, axis) * jnp.exp(x - lse),)      # g * softmax(x)
+    return (jnp.expand_dims(g, axis) * jnp.exp(x - lse),)      # g * softmax(x); x - lse <= 0
 
 
 _logsumexp.defvjp(_logsumexp_fwd, _logsumexp_bwd)
@@ -68,7 +79,8 @@ def logsumexp(x, axis: int = -1):
 # ---------------------------------------------------------------- softmax
 @partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _softmax(x, axis):
-    return jnp.exp(x - _lse(x, axis))
+    e = jnp.exp(_shifted(x, axis)[0])
+    return e / jnp.sum(e, axis=axis, keepdims=True)
 
 
 def _softmax_fwd(x, axis):
@@ -92,7 +104,8 @@ def softmax(x, axis: int = -1):
 # ---------------------------------------------------------------- log_softmax
 @partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _log_softmax(x, axis):
-    return x - _lse(x, axis)
+    z, log_sum, _ = _shifted(x, axis)
+    return z - log_sum
 
 
 def _log_softmax_fwd(x, axis):
