@@ -39,7 +39,10 @@ def _check(args: argparse.Namespace) -> int:
             reports.append(report)
             if args.verbose or not report.passed:
                 print(report, file=sys.stderr)
-    print(format_table(reports))
+    table = format_table(reports)
+    if sys.stdout.isatty():                                   # green pass, red FAIL on a terminal
+        table = table.replace(" pass", " \033[32mpass\033[0m").replace(" FAIL", " \033[31mFAIL\033[0m")
+    print(table)
     failed = [r for r in reports if not r.passed]
     print()
     for d in dtypes:

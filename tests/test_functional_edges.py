@@ -11,6 +11,13 @@ from jdlfs.gradcheck import check_vjp
 rng = np.random.default_rng(0)
 
 
+@pytest.fixture(autouse=True)
+def _reseed():
+    """Every test draws the same inputs whatever order (or xdist worker) runs it."""
+    global rng
+    rng = np.random.default_rng(0)
+
+
 def normal(*shape, dtype=np.float64):
     return jnp.asarray(rng.standard_normal(shape), dtype)
 
@@ -132,7 +139,11 @@ def test_batch_norm_near_zero_variance():
     np.testing.assert_allclose(var, xr.var(0), rtol=1e-6)              # two-pass variance
     ref = (xr - xr.mean(0)) / np.sqrt(xr.var(0) + 1e-5)
     np.testing.assert_allclose(y, ref, rtol=1e-6, atol=1e-9)
-    check_vjp(lambda x: F.batch_norm(x, gamma, beta)[0], x).raise_if_failed()
+    # The rule agrees with autodiff to ~1e-13 here. Finite differences cannot do
+    # better than ~1e-7 at this point whatever the step: x ~ 1e3 is stored to
+    # ~1e-13 absolute and y amplifies differences by 1/sqrt(eps) ~ 316, so the
+    # FD tolerance is relaxed to 1e-6 for this ill-conditioned input only.
+    check_vjp(lambda x: F.batch_norm(x, gamma, beta)[0], x, tolerances={"fd": 1e-6}).raise_if_failed()
     x32 = x.astype(np.float32)
     y32 = F.batch_norm(x32, gamma.astype(np.float32), beta.astype(np.float32))[0]
     assert bool(jnp.all(jnp.isfinite(y32)))
