@@ -109,12 +109,14 @@ def _log_softmax(x, axis):
 
 
 def _log_softmax_fwd(x, axis):
-    y = _log_softmax(x, axis)
-    return y, y
+    z = x - lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
+    e = jnp.exp(z)                                   # one exp, shared by y and the saved softmax
+    s = jnp.sum(e, axis=axis, keepdims=True)
+    return z - jnp.log(s), e / s
 
 
-def _log_softmax_bwd(axis, y, g):
-    return (g - jnp.exp(y) * jnp.sum(g, axis=axis, keepdims=True),)
+def _log_softmax_bwd(axis, p, g):
+    return (g - p * jnp.sum(g, axis=axis, keepdims=True),)
 
 
 _log_softmax.defvjp(_log_softmax_fwd, _log_softmax_bwd)
