@@ -8,6 +8,7 @@ under ``jit`` and see per-example shapes under ``vmap``.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -87,6 +88,21 @@ def static_int(name: str, v, *, minimum: int = 0) -> int:
     if v < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {v}")
     return int(v)
+
+
+def static_float(name: str, v) -> float:
+    """A non-differentiable float configuration value (rate, eps, slope, smoothing).
+
+    Config is static: a traced value here would make the rule's structure
+    depend on data, so it is refused with a clear message."""
+    if isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a Python float, got {v!r}")
+    if isinstance(v, (int, float, np.integer, np.floating)):
+        return float(v)
+    if hasattr(v, "shape") and getattr(v, "shape", None) == () and not isinstance(v, jax.core.Tracer):
+        return float(v)
+    raise TypeError(f"{name} is static configuration and must be a Python float, got {type(v).__name__} "
+                    f"(a traced value cannot be used: pass it as a constant, not through jit/grad arguments)")
 
 
 def static_pair(name: str, v, *, minimum: int = 1) -> tuple[int, int]:

@@ -48,7 +48,10 @@ def _check(args: argparse.Namespace) -> int:
     for d in dtypes:
         name = np.dtype(d).name
         rs = [r for r in reports if r.config.startswith(name)]
-        w = {k: max((r.worst[k] or 0.0) for r in rs) for k in ("autodiff", "fd", "reference")}
+        w = {k: float(np.nanmax([np.nan if r.worst[k] is None else r.worst[k] for r in rs] + [0.0]))
+             for k in ("autodiff", "fd", "reference")}
+        if any(any(v is not None and not np.isfinite(v) for v in r.worst.values()) for r in rs):
+            w = {k: float("nan") for k in w}                   # a NaN anywhere is the headline
         print(f"worst {name}: vs autodiff {w['autodiff']:.1e}, vs finite differences (float64) {w['fd']:.1e}, "
               f"vs reference {w['reference']:.1e}")
     print(f"{len(reports) - len(failed)}/{len(reports)} checks passed in {time.perf_counter() - t0:.1f} s")

@@ -60,9 +60,15 @@ def _stateless(name: str, fn: Callable[[jax.Array], jax.Array]) -> Layer:
     return Layer(init, apply, name)
 
 
+def _positive(name: str, n) -> None:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"{name} must be a positive int, got {n!r}")
+
+
 # ---------------------------------------------------------------- parameterised layers
 def Linear(out_features: int, *, use_bias: bool = True, w_init="he_normal", b_init="zeros") -> Layer:
     """``y = x W + b`` on the last axis; W ``(in, out)``."""
+    _positive("out_features", out_features)
     w_init, b_init = initializers.get(w_init), initializers.get(b_init)
 
     def init(key, input_shape):
@@ -82,6 +88,7 @@ def Conv2d(out_channels: int, kernel_size=3, *, stride=1, padding="SAME", use_bi
            impl: str = "lax", w_init="he_normal", b_init="zeros") -> Layer:
     """2-D convolution, NHWC in and out, kernel HWIO. ``impl``: ``"lax"`` (fast)
     or ``"im2col"`` (explicit patches + matmul); both are hand-differentiated."""
+    _positive("out_channels", out_channels)
     if impl not in ("lax", "im2col"):
         raise ValueError(f"impl must be 'lax' or 'im2col', got {impl!r}")
     conv = F.conv2d if impl == "lax" else F.conv2d_im2col
@@ -159,6 +166,8 @@ def Embedding(vocab_size: int, dim: int, *, w_init=None) -> Layer:
 
 def Dropout(rate: float) -> Layer:
     """Inverted dropout; active only with ``train=True``, which then needs ``key``."""
+    if not 0.0 <= float(rate) < 1.0:
+        raise ValueError(f"Dropout rate must be in [0, 1), got {rate}")
     def init(key, input_shape):
         return {}, {}
 
@@ -223,6 +232,9 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
         return tuple(params), tuple(states)
 
     def apply(params, state, x, *, key=None, train=False):
+        if len(params) != len(layers) or len(state) != len(layers):
+            raise ValueError(f"{name}: params and state must hold one entry per layer ({len(layers)}), "
+                             f"got {len(params)} and {len(state)}; were they made by this model's init?")
         keys = jax.random.split(key, len(layers)) if key is not None else [None] * len(layers)
         new_states = []
         for layer, p, s, k in zip(layers, params, state, keys):

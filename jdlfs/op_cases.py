@@ -97,7 +97,8 @@ def _ref_xent(logits, labels, mask=None, smoothing=0.0):
     targets = optax.smooth_labels(jax.nn.one_hot(labels, k, dtype=logits.dtype), smoothing)
     per = optax.softmax_cross_entropy(logits, targets)
     w = jnp.ones_like(per) if mask is None else mask.astype(per.dtype)
-    return jnp.sum(per * w) / jnp.maximum(jnp.sum(w), 1)
+    total = jnp.sum(w)
+    return jnp.sum(per * w) / jnp.where(total > 0, total, 1)
 
 
 def _ref_batch_norm(x, gamma, beta, eps=1e-5):
@@ -215,6 +216,11 @@ def _cases() -> list[OpCase]:
         lambda z, y, m: F.softmax_cross_entropy(z, y, mask=m, label_smoothing=0.1),
         lambda r, d: (_normal(r, d, 3, 5, 7), _ints(r, 7, 3, 5), r.uniform(size=(3, 5)) > 0.3),
         lambda z, y, m: _ref_xent(z, y, m, 0.1))
+    add("softmax_cross_entropy", "logits(6,5) float weights, labels out of range",
+        lambda z, y, w: F.softmax_cross_entropy(z, y, mask=w),
+        lambda r, d: (_normal(r, d, 6, 5), np.array([0, 5, 2, -1, 4, 1], np.int32),
+                      r.uniform(0.1, 2.0, size=6).astype(d)),
+        _ref_xent)
     add("binary_cross_entropy_with_logits", "x(6,4)", F.binary_cross_entropy_with_logits,
         lambda r, d: (_normal(r, d, 6, 4, scale=3), r.uniform(size=(6, 4)).astype(d)),
         lambda z, t: jnp.mean(optax.sigmoid_binary_cross_entropy(z, t)))
@@ -243,6 +249,9 @@ def _cases() -> list[OpCase]:
     add("embedding", "table(7,5) ids(3,4) repeated", F.embedding,
         lambda r, d: (_normal(r, d, 7, 5), np.array([[1, 1, 2, 6], [0, 1, 6, 6], [3, 3, 3, 1]], np.int32)),
         lambda t, i: jax.nn.one_hot(i, t.shape[0], dtype=t.dtype) @ t)
+    add("embedding", "table(4,3) ids out of range (-1, 9) clipped", F.embedding,
+        lambda r, d: (_normal(r, d, 4, 3), np.array([-1, 2, 9, 0, -5], np.int32)),
+        lambda t, i: jax.nn.one_hot(jnp.clip(i, 0, t.shape[0] - 1), t.shape[0], dtype=t.dtype) @ t)
 
     # attention
     add("attention", "q(2,3,4,8) k,v(2,3,5,8)", F.attention,

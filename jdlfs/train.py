@@ -34,7 +34,9 @@ from . import functional as F
 from .data import epoch_arrays
 from .layers import Layer
 
-LossFn = Callable[[jax.Array, jax.Array], jax.Array]       # (logits, labels) -> scalar
+# (logits, labels, *, mask=None) -> scalar mean loss; ``mask`` (bool, per example)
+# is needed by evaluation, which pads the last batch (softmax_cross_entropy has it).
+LossFn = Callable[..., jax.Array]
 
 
 class TrainState(NamedTuple):
@@ -91,12 +93,25 @@ def make_evaluate(model: Layer, *, num_classes: int, loss_fn: LossFn = F.softmax
                   preprocess: Callable = lambda x: x, batch_size: int = 1000):
     """``evaluate(params, state, images, labels) -> dict`` with ``accuracy``,
     ``loss`` (mean over examples) and the ``confusion`` matrix (rows: true class,
-    columns: predicted). Every example counts; the last batch is padded and masked."""
+    columns: predicted). Every example counts; the last batch is padded and masked,
+    so ``loss_fn`` must accept ``mask=``."""
+    import inspect
+
+    try:
+        sig = inspect.signature(loss_fn).parameters
+    except (TypeError, ValueError):                      # no Python signature to inspect
+        sig = None
+    if sig is not None and "mask" not in sig and not any(p.kind is p.VAR_KEYWORD for p in sig.values()):
+        raise ValueError(f"loss_fn {getattr(loss_fn, '__name__', loss_fn)} must accept a mask= keyword "
+                         "(evaluation pads the last batch and masks the padding out)")
+
     @jax.jit
     def _run(params, state, xs, ys, valid):
         def body(carry, batch):
             x, y, m = batch
             logits, _ = model.apply(params, state, preprocess(x), train=False)
+            if logits.shape[-1] != num_classes:
+                raise ValueError(f"the model outputs {logits.shape[-1]} logits but num_classes={num_classes}")
             loss = loss_fn(logits, y, mask=m) * jnp.sum(m)          # masked sum of losses
             pred = jnp.argmax(logits, -1)
             conf = jnp.zeros((num_classes, num_classes), jnp.int32).at[y, pred].add(m.astype(jnp.int32))

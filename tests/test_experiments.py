@@ -53,7 +53,7 @@ def assert_figures(out: Path, *names: str) -> None:
         assert path.stat().st_size > 1000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", n
 
 
-@pytest.mark.parametrize("name", ["xor", "init_schemes", "overfit", "lenet_mnist"])
+@pytest.mark.parametrize("name", ["mnist_mlp", "xor", "init_schemes", "overfit", "lenet_mnist"])
 def test_help(name, capsys):
     with pytest.raises(SystemExit) as exc:
         load_script(name).main(["--help"])
@@ -118,3 +118,16 @@ def test_lenet_mnist(tmp_path, data_dir):
     assert r["test_accuracy"] > 0.5                           # 1 epoch on 2k images: ~70%
     assert len(r["history"]) == 1
     assert_figures(tmp_path, "curves.png", "filters.png", "confusion.png")
+
+
+def test_mnist_mlp(tmp_path, data_dir):
+    """The main job, quick: our gradients equal autodiff's at the same parameters
+    and the two training runs agree."""
+    r = run_quick("mnist_mlp", tmp_path, data_dir)
+    assert r["sizes"] == [784, 128, 10] and r["param_count"] == 101_770
+    assert r["gradient_relative_difference_at_init"] < 1e-5
+    assert r["test_accuracy"] > 0.8                           # 2 epochs on 4k images: ~89%
+    assert r["accuracy_difference"] <= 0.01
+    assert r["max_param_relative_difference"] < 1e-3          # 2 short epochs: rounding has not grown yet
+    assert len(r["history"]) == r["epochs"] == 2
+    assert_figures(tmp_path, "curves.png", "confusion.png")

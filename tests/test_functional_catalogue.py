@@ -58,6 +58,14 @@ def test_three_way_check(case, dtype):
         assert out.dtype == np.dtype(dtype), f"{case.name} changed dtype to {out.dtype}"
 
 
+@pytest.mark.parametrize("dtype", [np.float16, jnp.bfloat16])
+@pytest.mark.parametrize("case", ONE_PER_OP, ids=OP_IDS)
+def test_three_way_check_low_precision(case, dtype):
+    """float16/bfloat16 against their own (looser) tolerances; FD still in float64."""
+    args = _args(case, dtype)
+    check_vjp(case.fn, *args, reference=case.reference, name=case.name).raise_if_failed()
+
+
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_uses_its_custom_rule(case):
     assert custom_vjp_count(case.fn, *_args(case)) >= 1

@@ -90,6 +90,37 @@ def test_repeated_embedding_ids_accumulate():
     np.testing.assert_array_equal(g[:, 0], [1, 0, 4, 0, 1])
 
 
+def test_out_of_range_ids_read_and_receive_gradient_at_the_same_row():
+    table = normal(4, 3)
+    ids = jnp.array([-1, 5])                     # clipped to rows 0 and 3
+    np.testing.assert_array_equal(F.embedding(table, ids), table[jnp.array([0, 3])])
+    g = jax.grad(lambda t: jnp.sum(F.embedding(t, ids) * jnp.array([[1.0], [10.0]])))(table)
+    np.testing.assert_array_equal(g[:, 0], [1, 0, 0, 10])
+    x = normal(1, 4, 2)
+    gx = jax.grad(lambda x: jnp.sum(F.take_tokens(x, jnp.array([[-2, 7]])) * jnp.array([[[1.0], [10.0]]])))(x)
+    np.testing.assert_array_equal(gx[0, :, 0], [1, 0, 0, 10])
+
+
+def test_out_of_range_label_adds_no_loss_or_gradient_but_counts():
+    z = normal(3, 4)
+    full = F.softmax_cross_entropy(z, jnp.array([1, 2, 3]))
+    bad = F.softmax_cross_entropy(z, jnp.array([1, 2, 9]))            # label 9 of 4 classes
+    two = F.softmax_cross_entropy(z[:2], jnp.array([1, 2]))
+    np.testing.assert_allclose(bad, two * 2 / 3, rtol=1e-12)            # zero term, still in the mean
+    assert float(bad) < float(full)
+    g = jax.grad(F.softmax_cross_entropy)(z, jnp.array([1, 2, -1]))
+    np.testing.assert_array_equal(g[2], 0.0)
+
+
+def test_float_mask_weights_are_differentiable():
+    z, y = normal(4, 3), jnp.array([0, 1, 2, 0])
+    w = jnp.array([1.0, 0.5, 2.0, 0.0])
+    gw = jax.grad(lambda w: F.softmax_cross_entropy(z, y, mask=w))(w)
+    per = -jnp.take_along_axis(jax.nn.log_softmax(z), y[:, None], 1)[:, 0]
+    loss = jnp.sum(w * per) / jnp.sum(w)
+    np.testing.assert_allclose(gw, (per - loss) / jnp.sum(w), rtol=1e-10)
+
+
 def test_take_tokens_scatter_back():
     x = normal(2, 4, 3)
     idx = jnp.array([[3, 3], [0, 1]])
@@ -262,6 +293,15 @@ BAD_INPUTS = [
     (lambda: F.patchify(jnp.ones((1, 8, 10, 3)), 4), ValueError, "not divisible by patch=4"),
     (lambda: F.unpatchify(jnp.ones((1, 6, 48)), 4, (8, 8, 3)), ValueError, "patches must have shape"),
     (lambda: F.take_tokens(jnp.ones((2, 5, 3)), jnp.ones((3, 2), jnp.int32)), ValueError, "batch size 2"),
+    (lambda: F.unpatchify(jnp.ones((1, 4, 4)), 2, (4, 4)), ValueError, r"image_shape must be \(H, W, C\)"),
+    (lambda: F.split_heads(jnp.ones((2, 3)), 2), ValueError, "split_heads expects x of rank 3"),
+    (lambda: F.split_heads(jnp.ones((2, 3, 5)), 2), ValueError, "not divisible by num_heads=2"),
+    (lambda: F.merge_heads(jnp.ones((2, 3, 5))), ValueError, "merge_heads expects x of rank 4"),
+    (lambda: F.causal_mask(3.5), TypeError, "t must be a Python int"),
+    (lambda: jax.jit(lambda x, r: F.dropout(jax.random.key(0), x, r))(jnp.ones(3), 0.5), TypeError,
+     "rate is static configuration"),
+    (lambda: jax.jit(lambda x, e: F.layer_norm(x, jnp.ones(3), jnp.zeros(3), eps=e))(jnp.ones((2, 3)), 1e-5),
+     TypeError, "eps is static configuration"),
 ]
 
 

@@ -36,6 +36,23 @@ def test_mlp_checks_input_size():
         models.mlp((784, 10)).init(KEY, (1, 100))
 
 
+def test_serial_rejects_parameters_of_another_model():
+    small = models.mlp((784, 10)).init(KEY, (1, 784))
+    with pytest.raises(ValueError, match="one entry per layer"):
+        models.mlp((784, 32, 10)).apply(*small, jnp.ones((2, 784), jnp.float32))
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: L.Linear(0), "out_features must be a positive int"),
+    (lambda: L.Conv2d(-1), "out_channels must be a positive int"),
+    (lambda: L.Dropout(1.5), r"Dropout rate must be in \[0, 1\)"),
+    (lambda: models.mlp((784,)), "at least"),
+])
+def test_layer_construction_errors(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
 def test_dropout_needs_a_key_in_training_only():
     model = models.cifar_cnn()
     params, state = model.init(KEY, (1, 32, 32, 3))

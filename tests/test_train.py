@@ -69,6 +69,16 @@ def test_evaluate_counts_every_example_and_builds_confusion():
     assert ev["loss"] == pytest.approx(ref_loss, rel=1e-5)
 
 
+def test_evaluate_rejects_wrong_num_classes_and_maskless_loss():
+    model = models.mlp((8, 16, 3))
+    params, state = model.init(jax.random.key(0), (1, 8))
+    x, y = blobs(10)
+    with pytest.raises(ValueError, match="outputs 3 logits but num_classes=10"):
+        train.make_evaluate(model, num_classes=10)(params, state, x, y)
+    with pytest.raises(ValueError, match="must accept a mask= keyword"):
+        train.make_evaluate(model, num_classes=3, loss_fn=lambda logits, labels: 0.0)
+
+
 def test_write_json_handles_numpy(tmp_path):
     train.write_json(tmp_path / "r.json", {"a": np.float32(1.5), "m": np.eye(2, dtype=np.int32), "j": jnp.ones(2)})
     import json

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .._checks import float_array
+from .._checks import float_array, static_float
 
 
 # ---------------------------------------------------------------- relu
@@ -72,7 +72,7 @@ _leaky_relu.defvjp(_leaky_relu_fwd, _leaky_relu_bwd)
 
 def leaky_relu(x, negative_slope: float = 0.01):
     """``x`` for ``x > 0`` else ``negative_slope * x``; gradient 1 or ``negative_slope``."""
-    return _leaky_relu(float_array("x", x), float(negative_slope))
+    return _leaky_relu(float_array("x", x), static_float("negative_slope", negative_slope))
 
 
 # ---------------------------------------------------------------- sigmoid

@@ -117,6 +117,8 @@ def split_heads(x, num_heads: int):
     """``(B, T, H * dh) -> (B, H, T, dh)``: a reshape + transpose (autodiff of a
     permutation is its inverse permutation; no rule of its own needed)."""
     num_heads = static_int("num_heads", num_heads, minimum=1)
+    if getattr(x, "ndim", None) != 3:
+        raise ValueError(f"split_heads expects x of rank 3 (B, T, H * dh), got shape {getattr(x, 'shape', None)}")
     b, t, d = x.shape
     if d % num_heads:
         raise ValueError(f"model width {d} is not divisible by num_heads={num_heads}")
@@ -125,10 +127,13 @@ def split_heads(x, num_heads: int):
 
 def merge_heads(x):
     """``(B, H, T, dh) -> (B, T, H * dh)``, the inverse of :func:`split_heads`."""
+    if getattr(x, "ndim", None) != 4:
+        raise ValueError(f"merge_heads expects x of rank 4 (B, H, T, dh), got shape {getattr(x, 'shape', None)}")
     b, h, t, dh = x.shape
     return x.transpose(0, 2, 1, 3).reshape(b, t, h * dh)
 
 
 def causal_mask(t: int):
     """``(t, t)`` bool lower-triangular mask: position i may attend to j <= i."""
+    t = static_int("t", t, minimum=1)
     return jnp.tril(jnp.ones((t, t), bool))

@@ -50,7 +50,7 @@ def _validate(x, w, b, stride, padding):
         b = float_array("b", b, rank=1, layout="(Cout,)")
         shape_is("b", b, (w.shape[3],), "one bias per output channel")
     same_dtype(x=x, w=w, b=b)
-    _, stride, pads, _ = window_geometry(x.shape, w.shape[:2], stride, padding)
+    _, stride, pads, _ = window_geometry(x.shape, w.shape[:2], stride, padding)   # validates sizes
     return x, w, b, stride, pads
 
 
@@ -158,9 +158,9 @@ def _conv2d_im2col_bwd(stride, pads, res, g):
     kh, kw, cin, cout = w.shape
     w2 = w.reshape(kh * kw * cin, cout)                                  # (K, Cout)
     g2 = g.reshape(-1, cout)                                             # (N Ho Wo, Cout)
-    dcols = jnp.matmul(g, w2.T)                                          # (N, Ho, Wo, K)
+    dcols = jnp.matmul(g2, w2.T).reshape(cols.shape)                     # (N, Ho, Wo, K)
     dx = _col2im(dcols, x_shape, (kh, kw), stride, pads)                 # (N, H, W, Cin)
-    dw = jnp.matmul(cols.reshape(-1, kh * kw * cin).T, g2).reshape(w.shape)
+    dw = jnp.matmul(cols.reshape(-1, kh * kw * cin).T, g2).reshape(w.shape)   # (kh, kw, Cin, Cout)
     db = None if no_bias else jnp.sum(g2, axis=0)
     return dx, dw, db
 

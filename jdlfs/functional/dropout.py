@@ -16,7 +16,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from .._checks import float_array
+from .._checks import float_array, static_float
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -47,7 +47,7 @@ def dropout(key, x, rate: float, *, deterministic: bool = False):
       deterministic: if True (evaluation), return ``x`` unchanged.
     """
     x = float_array("x", x)
-    rate = float(rate)
+    rate = static_float("rate", rate)
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"rate must be in [0, 1), got {rate}")
     if deterministic or rate == 0.0:

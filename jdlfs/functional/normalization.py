@@ -32,7 +32,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from .._checks import float_array, same_dtype, shape_is
+from .._checks import float_array, same_dtype, shape_is, static_float
 
 
 def _stats_dtype(dtype):
@@ -112,7 +112,7 @@ def batch_norm(x, gamma, beta, *, eps: float = 1e-5):
     """
     x = float_array("x", x, min_rank=2, layout="(N, ..., C)")
     gamma, beta = _check_affine(x, gamma, beta)
-    return _batch_norm(x, gamma, beta, float(eps))
+    return _batch_norm(x, gamma, beta, static_float("eps", eps))
 
 
 # ================================================================ batch norm (inference)
@@ -147,7 +147,9 @@ _bn_inference.defvjp(_bn_inference_fwd, _bn_inference_bwd)
 
 def batch_norm_inference(x, gamma, beta, mean, var, *, eps: float = 1e-5):
     """Evaluation-mode batch norm with given (running) ``mean`` and ``var`` ``(C,)``:
-    ``(x - mean) / sqrt(var + eps) * gamma + beta``. Differentiable in all five arrays."""
+    ``(x - mean) / sqrt(var + eps) * gamma + beta``. Differentiable in all five arrays.
+    An affine map with fixed statistics, so it computes in the inputs' dtype
+    (no float32 upcast: there are no batch statistics to accumulate)."""
     x = float_array("x", x, min_rank=1, layout="(..., C)")
     gamma, beta = _check_affine(x, gamma, beta)
     mean = float_array("mean", mean, rank=1, layout="(C,)")
@@ -155,7 +157,7 @@ def batch_norm_inference(x, gamma, beta, mean, var, *, eps: float = 1e-5):
     shape_is("mean", mean, gamma.shape)
     shape_is("var", var, gamma.shape)
     same_dtype(x=x, mean=mean, var=var)
-    return _bn_inference(x, gamma, beta, mean, var, float(eps))
+    return _bn_inference(x, gamma, beta, mean, var, static_float("eps", eps))
 
 
 # ================================================================ layer norm
@@ -191,4 +193,4 @@ def layer_norm(x, gamma, beta, *, eps: float = 1e-5):
     """Layer normalization over the last axis: ``x (..., D)``, ``gamma, beta (D,)``."""
     x = float_array("x", x, min_rank=1, layout="(..., D)")
     gamma, beta = _check_affine(x, gamma, beta)
-    return _layer_norm(x, gamma, beta, float(eps))
+    return _layer_norm(x, gamma, beta, static_float("eps", eps))

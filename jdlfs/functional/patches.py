@@ -78,6 +78,8 @@ def unpatchify(patches, patch: int, image_shape):
     ``image_shape = (H, W, C)``."""
     patches = float_array("patches", patches, rank=3, layout="(N, L, p*p*C)")
     p = static_int("patch", patch, minimum=1)
+    if len(tuple(image_shape)) != 3:
+        raise ValueError(f"image_shape must be (H, W, C), got {tuple(image_shape)}")
     h, w, c = (int(s) for s in image_shape)
     if h % p or w % p:
         raise ValueError(f"image_shape {tuple(image_shape)} is not divisible by patch={p}")
@@ -90,7 +92,7 @@ def unpatchify(patches, patch: int, image_shape):
 
 @jax.custom_vjp
 def _take_tokens(x, idx):
-    return jnp.take_along_axis(x, idx[..., None], axis=1, mode="clip")
+    return jnp.take_along_axis(x, idx[..., None], axis=1)               # idx already in [0, L)
 
 
 def _take_tokens_fwd(x, idx):
@@ -100,7 +102,7 @@ def _take_tokens_fwd(x, idx):
 def _take_tokens_bwd(res, g):
     idx, (n, length, d) = res
     rows = jnp.arange(n)[:, None]                                        # (N, 1)
-    dx = jnp.zeros((n, length, d), g.dtype).at[rows, idx].add(g, mode="clip")
+    dx = jnp.zeros((n, length, d), g.dtype).at[rows, idx].add(g)
     return dx, None
 
 
@@ -109,9 +111,10 @@ _take_tokens.defvjp(_take_tokens_fwd, _take_tokens_bwd)
 
 def take_tokens(x, idx):
     """Gather tokens per example: ``x (N, L, D)``, ``idx (N, K)`` int -> ``(N, K, D)``.
-    Backward scatters the cotangent back (repeated indices accumulate)."""
+    Backward scatters the cotangent back (repeated indices accumulate). Indices
+    outside [0, L) are clipped to the nearest token, in both passes alike."""
     x = float_array("x", x, rank=3, layout="(N, L, D)")
     idx = int_array("idx", idx, rank=2, layout="(N, K)")
     if idx.shape[0] != x.shape[0]:
         raise ValueError(f"idx must have the batch size {x.shape[0]} of x, got shape {idx.shape}")
-    return _take_tokens(x, idx)
+    return _take_tokens(x, jnp.clip(idx, 0, x.shape[1] - 1))
