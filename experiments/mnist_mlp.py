@@ -11,10 +11,16 @@ in unit tests, the script then trains the identical model a second time with
 optax's cross-entropy), from the same key, on the same batches, and reports
 the largest parameter difference between the two runs, both accuracies and
 both wall times. It also compares the two gradients at the same parameters
-on one batch (relative difference ~1e-7, float32 rounding). The final
-parameters differ more than that (~1e-2 after 9,380 SGD steps, measured:
-1.5e-8 after one step, 1e-7 after 100, 9e-6 after one epoch) because SGD
-amplifies rounding differences exponentially; both runs reach the same accuracy.
+on one batch, evaluated eagerly (relative difference ~1e-7: float32 rounding
+of differently ordered arithmetic).
+
+Measured (seed 0, 2-core CPU, jax 0.10.2): 97.97% test accuracy for both
+runs, 0.28 s per epoch for both; inside the compiled training step XLA reduces
+the hand-written rules and autodiff of the plain forward to the same
+arithmetic, so the final parameters are bit-identical (max difference 0.0).
+Any rounding difference, had there been one, would grow over 9,380 SGD steps
+(an earlier version of the loss rule, equal up to rounding, ended 3.7e-2 apart
+with the same accuracy), so the per-step gradient comparison is the sharper test.
 
 Usage::
 
