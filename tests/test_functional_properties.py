@@ -115,3 +115,53 @@ def test_linear_random_shapes(batch, din, dout, bias, dtype, seed):
         check_vjp(F.linear, x, w, b, reference=lambda x, w, b: jnp.tensordot(x, w, 1) + b).raise_if_failed()
     else:
         check_vjp(lambda x, w: F.linear(x, w), x, w, reference=lambda x, w: jnp.tensordot(x, w, 1)).raise_if_failed()
+
+
+@given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=3),
+       op=st.sampled_from(["relu", "leaky_relu", "sigmoid", "tanh", "gelu", "gelu_tanh", "step", "dropout"]),
+       dtype=dtypes, seed=st.integers(0, 2**16))
+def test_pointwise_ops_random_shapes(shape, op, dtype, seed):
+    import jax
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal(shape)
+    x = jnp.asarray(np.sign(z) * (np.abs(z) + 0.1), dtype)          # away from the kinks at 0
+    key = jax.random.key(seed)
+    ops = {"relu": (F.relu, jax.nn.relu), "leaky_relu": (F.leaky_relu, jax.nn.leaky_relu),
+           "sigmoid": (F.sigmoid, jax.nn.sigmoid), "tanh": (F.tanh, jnp.tanh),
+           "gelu": (F.gelu, lambda x: jax.nn.gelu(x, approximate=False)),
+           "gelu_tanh": (lambda x: F.gelu(x, True), lambda x: jax.nn.gelu(x, approximate=True)),
+           "step": (F.step, lambda x: (x > 0).astype(x.dtype)),
+           "dropout": (lambda x: F.dropout(key, x, 0.25),
+                       lambda x: jnp.where(jax.random.bernoulli(key, 0.75, x.shape), x / 0.75, 0))}
+    fn, ref = ops[op]
+    check_vjp(fn, x, reference=ref).raise_if_failed()
+
+
+@given(n=st.integers(1, 3), gh=st.integers(1, 3), gw=st.integers(1, 3), p=st.integers(1, 4), c=st.integers(1, 3),
+       dtype=dtypes, seed=st.integers(0, 2**16))
+def test_patchify_roundtrip_and_rules_random_sizes(n, gh, gw, p, c, dtype, seed):
+    from jdlfs.op_cases import _ref_patchify, _ref_unpatchify
+    rng = np.random.default_rng(seed)
+    images = arr(rng, (n, gh * p, gw * p, c), dtype)
+    patches = F.patchify(images, p)
+    assert patches.shape == (n, gh * gw, p * p * c)
+    np.testing.assert_array_equal(F.unpatchify(patches, p, images.shape[1:]), images)
+    check_vjp(lambda x: F.patchify(x, p), images, reference=lambda x: _ref_patchify(x, p)).raise_if_failed()
+    check_vjp(lambda q: F.unpatchify(q, p, images.shape[1:]), patches,
+              reference=lambda q: _ref_unpatchify(q, p, images.shape[1:3])).raise_if_failed()
+
+
+@given(vocab=st.integers(1, 8), dim=st.integers(1, 4), ids_shape=st.lists(st.integers(1, 4), min_size=0, max_size=2),
+       tokens=st.integers(1, 6), take=st.integers(1, 6), dtype=dtypes, seed=st.integers(0, 2**16))
+def test_gather_ops_random_shapes(vocab, dim, ids_shape, tokens, take, dtype, seed):
+    import jax
+    rng = np.random.default_rng(seed)
+    table = arr(rng, (vocab, dim), dtype)
+    ids = jnp.asarray(rng.integers(0, vocab, size=ids_shape), jnp.int32)     # repeats likely
+    check_vjp(F.embedding, table, ids,
+              reference=lambda t, i: jax.nn.one_hot(i, vocab, dtype=t.dtype) @ t).raise_if_failed()
+    x = arr(rng, (2, tokens, dim), dtype)
+    idx = jnp.asarray(rng.integers(0, tokens, size=(2, take)), jnp.int32)
+    check_vjp(F.take_tokens, x, idx,
+              reference=lambda x, i: jnp.einsum("nkl,nld->nkd", jax.nn.one_hot(i, tokens, dtype=x.dtype), x)
+              ).raise_if_failed()
