@@ -70,6 +70,13 @@ comparisons use the same per-dtype numbers as the gradients.  Override per
 call with ``tolerances={"float32": {"autodiff": 1e-4}, "fd": 1e-6}`` (nested, merged
 into the defaults) or ``tolerances={"autodiff": 1e-4}`` (all dtypes).
 
+A low-precision gradient that misses its tolerance is still accepted when it
+is as accurate as autodiff: within 4x of autodiff's float32 distance to the
+float64 hand VJP, once (b) has verified that VJP.
+This covers ill-conditioned entries (a 1x1 weight whose gradient is a sum of
+large terms cancelling to a small one), where every float32 implementation
+is off by more than 1e-5 relative; the report says when it happened.
+
 Checking your own layer::
 
     import jax, jax.numpy as jnp
@@ -502,6 +509,10 @@ class ArgResult:
     reference_rel: float | None = None
     reference_ok: bool | None = None
     zero_cotangent_ok: bool | None = None  # int/key args: hand cotangent is float0/zero
+    # Low-precision args: relative distance of each gradient to the float64 hand
+    # VJP (verified by FD), and the checks passed on that accuracy comparison.
+    vs_float64: dict | None = None
+    accepted_by_accuracy: list = dataclasses.field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -620,6 +631,11 @@ class VJPReport:
                         f" | reference rel {_fmt_err(a.reference_rel)} "
                         f"(abs {_fmt_err(a.reference_max_abs)}) {ok(a.reference_ok)}"
                     )
+                if a.accepted_by_accuracy:
+                    d = a.vs_float64
+                    s += (f" | {'/'.join(a.accepted_by_accuracy)} accepted: as accurate vs float64 "
+                          f"(hand {_fmt_err(d['hand'])}, "
+                          + ", ".join(f"{k} {_fmt_err(v)}" for k, v in d.items() if k != "hand") + ")")
                 if not a.passed:
                     s += f"   <-- argument {a.index} FAILED"
             elif a.kind in ("int", "key"):
@@ -902,9 +918,49 @@ def check_vjp(
     # ---- (b) finite differences in float64 ------------------------------------
     if num_directions > 0 and any(is_float_arg) and any(float_out):
         ct_leaves = jax.tree_util.tree_leaves(ct)
-        _fd_check(f, primals, by_dyn, ct_leaves, float_out, dir_key, num_directions, fd_eps, tol["fd"])
+        truth = _fd_check(f, primals, by_dyn, ct_leaves, float_out, dir_key, num_directions, fd_eps, tol["fd"])
+        _as_accurate_as_autodiff(by_dyn, res, truth)
 
     return report
+
+
+def _as_accurate_as_autodiff(by_dyn, res, truth) -> None:
+    """Second opinion for low-precision (a)/(c) failures: compare accuracies.
+
+    A gradient entry that is a sum of large terms cancelling to a small value
+    (e.g. dL/dW of a 1x1 weight) carries float32 rounding error far above
+    1e-5 *relative to itself*, in the hand rule and in autodiff alike; a
+    relative tolerance cannot tell that from a wrong rule. The float64 hand
+    VJP is the truth here once finite differences have verified it (fd_ok).
+    Autodiff of the *same* forward in the same dtype measures the rounding
+    envelope at this point (different summation orders scatter by a small
+    factor around eps * condition); the reference cannot, as it may be a
+    different function. A failed (a) or (c) is accepted iff
+    ``e_hand <= 4 e_autodiff + 4 eps``, distances relative to ``||truth||``:
+    the hand rule is as accurate as autodiff (its exactness is (b)'s job). For
+    (c) the reference must satisfy the same bound, because a wrong primal
+    would move the float64 truth along with the hand rule.
+    """
+    for k, r in enumerate(by_dyn):
+        if r.kind != "float" or k not in truth or r.fd_ok is not True or r.dtype == "float64":
+            continue
+        t = truth[k]
+        scale = max(float(np.linalg.norm(t.ravel())), _TINY)
+        dist = lambda g: float(np.linalg.norm(_np64(g).ravel() - t.ravel())) / scale  # noqa: E731
+        floor = 4 * float(jnp.finfo(jnp.dtype(r.dtype)).eps)
+        e_hand = dist(res["g_h"][k])
+        others = {"autodiff": res["g_s"][k]}
+        if "g_r" in res:
+            others["reference"] = res["g_r"][k]
+        r.vs_float64 = {"hand": e_hand, **{name: dist(g) for name, g in others.items()}}
+        bound = 4 * r.vs_float64["autodiff"] + floor
+        for name in others:
+            # (c) also guards against a wrong primal, which would make the float64
+            # "truth" wrong too: the reference itself must sit inside the envelope.
+            inside = e_hand <= bound and (name == "autodiff" or r.vs_float64[name] <= bound)
+            if getattr(r, f"{name}_ok") is False and inside:
+                setattr(r, f"{name}_ok", True)
+                r.accepted_by_accuracy.append(name)
 
 
 _CHUNK = 1 << 14
@@ -1023,3 +1079,4 @@ def _fd_check(f, primals, by_dyn, ct_leaves, float_out, dir_key, num_directions,
             worst, fd_w, an_w = nan_trials[0] if nan_trials else max(trials)
             r.fd_rel, r.fd_values = worst, (fd_w, an_w)
             r.fd_ok = _within(worst, fd_tol)
+    return dict(zip(float_idx, grads))

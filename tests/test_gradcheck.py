@@ -558,3 +558,28 @@ def test_as_row_and_format_table():
     assert len({len(line) for line in lines[:2]}) == 1  # aligned header/rule
     # the float64 finite-difference check leaves the global x64 flag as it was
     assert jnp.ones(1).dtype == (jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
+
+
+def test_ill_conditioned_float32_gradient_is_judged_by_accuracy_not_relative_error():
+    """A 1x1 RNN weight: its gradient is a short sum cancelling to ~1e-3, so
+    every float32 implementation is off by ~1e-5 relative. The rule (exact in
+    float64, per finite differences) passes on accuracy vs the float64 truth;
+    a rule with a small wrong factor still fails."""
+    import jdlfs.functional as F
+    from jdlfs.op_cases import _ref_rnn
+
+    rng = np.random.default_rng(0)
+    arr = lambda shape, scale=1.0: jnp.asarray(scale * rng.standard_normal(shape), jnp.float32)  # noqa: E731
+    args = (arr((2, 2, 1)), arr((2, 1)), arr((1, 1), 0.5), arr((1, 1), 0.4), arr((1,), 0.1))
+    report = check_vjp(F.rnn, *args, reference=_ref_rnn)
+    assert report.args[2].autodiff_rel > 1e-5                 # the plain relative test would fail
+    assert report.args[2].accepted_by_accuracy                 # ... accepted on accuracy instead
+    assert report.passed and "accepted: as accurate vs float64" in str(report)
+
+    @jax.custom_vjp
+    def matmul(x, w):
+        return x @ w
+
+    matmul.defvjp(lambda x, w: (x @ w, (x, w)), lambda res, g: (g @ res[1].T, (res[0].T @ g) * 1.00003))
+    bad = check_vjp(matmul, arr((4, 3)), arr((3, 2)))
+    assert not bad.passed and not bad.args[1].accepted_by_accuracy
