@@ -900,20 +900,15 @@ def check_vjp(
     for o, oh, os_ in zip(report.outputs, leaves(res["out_h"]), leaves(res["out_s"])):
         o.stripped_max_abs, o.stripped_rel = _fwd_compare(oh, os_)
         o.stripped_ok = _within(o.stripped_rel, _fwd_tol(tol, oh.dtype, "autodiff"))
-    for r, gh, gs in zip(by_dyn, res["g_h"], res["g_s"]):
-        if r.kind == "float":
-            r.autodiff_max_abs, r.autodiff_rel = _compare(gh, gs)
-            r.autodiff_ok = _within(r.autodiff_rel, _dtype_tol(tol, r.dtype, "autodiff"))
-        else:
+    for r, gh in zip(by_dyn, res["g_h"]):
+        if r.kind != "float":
             r.zero_cotangent_ok = _zero_cotangent(gh)
+    _grade_gradients(by_dyn, res["g_h"], res["g_s"], tol, "autodiff")
     if ref is not None:
         for o, oh, orf in zip(report.outputs, leaves(res["out_h"]), leaves(res["out_r"])):
             o.reference_max_abs, o.reference_rel = _fwd_compare(oh, orf)
             o.reference_ok = _within(o.reference_rel, _fwd_tol(tol, oh.dtype, "reference"))
-        for r, gh, gr in zip(by_dyn, res["g_h"], res["g_r"]):
-            if r.kind == "float":
-                r.reference_max_abs, r.reference_rel = _compare(gh, gr)
-                r.reference_ok = _within(r.reference_rel, _dtype_tol(tol, r.dtype, "reference"))
+        _grade_gradients(by_dyn, res["g_h"], res["g_r"], tol, "reference")
 
     # ---- (b) finite differences in float64 ------------------------------------
     if num_directions > 0 and any(is_float_arg) and any(float_out):
@@ -922,6 +917,16 @@ def check_vjp(
         _as_accurate_as_autodiff(by_dyn, res, truth)
 
     return report
+
+
+def _grade_gradients(by_dyn, hand, other, tol, check: str) -> None:
+    """Fill ``<check>_max_abs``, ``<check>_rel``, ``<check>_ok`` of every float argument."""
+    for r, gh, go in zip(by_dyn, hand, other):
+        if r.kind == "float":
+            max_abs, rel = _compare(gh, go)
+            setattr(r, f"{check}_max_abs", max_abs)
+            setattr(r, f"{check}_rel", rel)
+            setattr(r, f"{check}_ok", _within(rel, _dtype_tol(tol, r.dtype, check)))
 
 
 def _as_accurate_as_autodiff(by_dyn, res, truth) -> None:

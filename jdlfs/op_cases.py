@@ -25,7 +25,6 @@ import optax
 from jax import lax
 
 from . import functional as F
-from .functional._windows import resolve_padding
 
 Factory = Callable[[np.random.Generator, np.dtype], tuple]
 
@@ -64,8 +63,18 @@ def _ints(rng, high, *shape):
 
 
 # ---------------------------------------------------------------- reference forwards
+def _ref_pads(padding, in_hw, window, stride):
+    """Padding pairs resolved by lax itself (not by jdlfs's _windows), so a wrong
+    SAME convention in the ops would show up as a reference mismatch."""
+    if isinstance(padding, str):
+        return lax.padtype_to_pads(in_hw, window, stride, padding)
+    if isinstance(padding, int):
+        return [(padding, padding)] * 2
+    return [tuple(p) for p in padding]
+
+
 def _ref_conv(x, w, b, stride, padding):
-    pads = resolve_padding(padding, x.shape[1:3], w.shape[:2], stride)
+    pads = _ref_pads(padding, x.shape[1:3], w.shape[:2], stride)
     y = lax.conv_general_dilated(x, w, stride, pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return y + b
 
@@ -80,13 +89,13 @@ def _patches(x, window, stride, pads, pad_value):
 
 
 def _ref_max_pool(x, window, stride, padding):
-    pads = resolve_padding(padding, x.shape[1:3], window, stride)
+    pads = _ref_pads(padding, x.shape[1:3], window, stride)
     low = lax.stop_gradient(jnp.min(x)) - 1.0       # finite "-inf": the patches op is a conv
     return jnp.max(_patches(x, window, stride, pads, low), axis=-1)
 
 
 def _ref_avg_pool(x, window, stride, padding):
-    pads = resolve_padding(padding, x.shape[1:3], window, stride)
+    pads = _ref_pads(padding, x.shape[1:3], window, stride)
     total = jnp.sum(_patches(x, window, stride, pads, 0.0), axis=-1)
     count = jnp.sum(_patches(jnp.ones_like(x), window, stride, pads, 0.0), axis=-1)
     return total / count

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import jax
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # figures are files; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
@@ -100,8 +101,6 @@ def plot_history(history: list[dict], title: str):
 def plot_confusion(conf, accuracy: float, class_names=None):
     """Confusion matrix (rows: true, columns: predicted). Colour shows the
     errors only (the diagonal would swamp them); every non-zero count is printed."""
-    import numpy as np
-
     conf = np.asarray(conf)
     k = conf.shape[0]
     fig, ax = plt.subplots(figsize=(5.5 + 0.1 * k, 5 + 0.1 * k))

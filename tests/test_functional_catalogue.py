@@ -75,12 +75,12 @@ def test_uses_its_custom_rule(case):
 def test_jit_and_vmap_agree(case):
     a0, a1 = _args(case, seed=0), _args(case, seed=1)
     eager = case.fn(*a0)
-    chex_close = lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-12)  # noqa: E731
-    jax.tree.map(chex_close, jax.jit(case.fn)(*a0), eager)
+    close = lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-12)  # noqa: E731
+    jax.tree.map(close, jax.jit(case.fn)(*a0), eager)
     stacked = tuple(jnp.stack([x, y]) for x, y in zip(a0, a1))
     batched = jax.vmap(case.fn)(*stacked)
-    jax.tree.map(lambda b, e: chex_close(b[0], e), batched, eager)
-    jax.tree.map(lambda b, e: chex_close(b[1], e), batched, case.fn(*a1))
+    jax.tree.map(lambda b, e: close(b[0], e), batched, eager)
+    jax.tree.map(lambda b, e: close(b[1], e), batched, case.fn(*a1))
 
 
 @pytest.mark.parametrize("case", ONE_PER_OP, ids=OP_IDS)
