@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
 
+import jdlfs.functional as F
+from jdlfs.cli import build_parser
 from jdlfs.gradcheck import (
     TOLERANCES,
     VJPReport,
@@ -18,6 +22,8 @@ from jdlfs.gradcheck import (
     format_table,
     strip_custom_vjp,
 )
+
+pytestmark = pytest.mark.x64  # float64 checks and finite differences
 
 # ---------------------------------------------------------------------------
 # Hand-written custom_vjp ops used as fixtures (correct and deliberately wrong)
@@ -318,9 +324,7 @@ def test_wrong_only_in_second_output_cotangent_fails():
     norm_wrong, norm_ok = make_norm(True), make_norm(False)
     gy = jax.random.normal(jax.random.key(3), x.shape, x.dtype)
     cts = (gy, jnp.zeros(3, x.dtype), jnp.zeros(3, x.dtype))
-    np.testing.assert_allclose(
-        jax.vjp(norm_wrong, x)[1](cts)[0], jax.vjp(norm_ok, x)[1](cts)[0], rtol=1e-5
-    )
+    chex.assert_trees_all_close(jax.vjp(norm_wrong, x)[1](cts), jax.vjp(norm_ok, x)[1](cts), rtol=1e-5, atol=0)
 
 
 def test_nan_gradient_fails():
@@ -455,8 +459,7 @@ def test_strip_custom_vjp_preserves_pytrees_and_static_args():
     d = {"x": jnp.ones(3)}
     out = strip_custom_vjp(fn)(d, 3)
     ref = fn(d, 3)
-    assert jax.tree_util.tree_structure(out) == jax.tree_util.tree_structure(ref)
-    np.testing.assert_allclose(out[0]["y"], ref[0]["y"])
+    chex.assert_trees_all_close(out, ref)  # same structure, same leaves
     assert custom_vjp_count(fn, d, 3) == 1
 
 
@@ -583,3 +586,60 @@ def test_ill_conditioned_float32_gradient_is_judged_by_accuracy_not_relative_err
     matmul.defvjp(lambda x, w: (x @ w, (x, w)), lambda res, g: (g @ res[1].T, (res[0].T @ g) * 1.00003))
     bad = check_vjp(matmul, arr((4, 3)), arr((3, 2)))
     assert not bad.passed and not bad.args[1].accepted_by_accuracy
+
+
+# ---------------------------------------------------------------------------
+# A real op's rule under jax.jit and without (chex variants)
+# ---------------------------------------------------------------------------
+
+
+def _batch_norm_reference(x, gamma, beta, eps=1e-5):
+    """Training-mode batch norm in plain jnp (differentiated by JAX's autodiff)."""
+    mean, var = jnp.mean(x, axis=0), jnp.var(x, axis=0)
+    return (x - mean) / jnp.sqrt(var + eps) * gamma + beta, mean, var
+
+
+class BatchNormRuleUnderJitTest(chex.TestCase):
+    """``F.batch_norm``'s hand rule gives the autodiff gradient traced under ``jax.jit`` and run eagerly.
+
+    ``chex.variants`` runs the test body twice, with ``self.variant`` = ``jax.jit`` and = no jit.
+    """
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_batch_norm_gradient_same_with_and_without_jit(self):
+        rng = np.random.default_rng(0)
+        x, gamma, beta = (jnp.asarray(rng.standard_normal(s), jnp.float32) for s in [(16, 5), (5,), (5,)])
+        # one random cotangent per output (y, mean, var): every term of the rule counts
+        cts = tuple(jnp.asarray(rng.standard_normal(s), jnp.float32) for s in [(16, 5), (5,), (5,)])
+
+        def loss(bn):
+            return lambda x, g, b: sum(jnp.vdot(c, o) for c, o in zip(cts, bn(x, g, b)))
+
+        assert custom_vjp_count(loss(F.batch_norm), x, gamma, beta) == 1  # jax.grad runs the hand rule
+        hand = jax.grad(loss(F.batch_norm), argnums=(0, 1, 2))
+        grads = self.variant(hand)(x, gamma, beta)
+        expected = jax.grad(loss(_batch_norm_reference), argnums=(0, 1, 2))(x, gamma, beta)
+        chex.assert_trees_all_close(grads, expected, rtol=1e-4, atol=1e-5)
+        chex.assert_trees_all_close(grads, hand(x, gamma, beta), rtol=1e-6, atol=1e-6)  # jit == eager
+        chex.assert_tree_all_finite(grads)
+
+
+# ---------------------------------------------------------------------------
+# The `jdlfs check` command line
+# ---------------------------------------------------------------------------
+
+
+def test_cli_help_documents_every_option_and_states_each_default_once():
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for p in [parser, *commands.choices.values()]:
+        for action in p._actions:
+            assert action.help, f"{p.prog} {action.option_strings or action.dest}: no help text"
+            shown = action.help % dict(vars(action), prog=p.prog)  # as argparse expands it
+            assert shown.count("default") <= 1, f"{p.prog} {action.option_strings}: {shown!r}"
+        text = p.format_help()
+        assert "(default: None)" not in text and "%(default)" not in text
+    check_help = " ".join(commands.choices["check"].format_help().split())  # undo line wrapping
+    assert check_help.count("(default: both)") == 1 and check_help.count("(default: 0)") == 1
+    args = parser.parse_args(["check", "--op", "linear", "--op", "relu", "--dtype", "float32"])
+    assert args.op == ["linear", "relu"] and args.dtype == "float32" and args.seed == 0
