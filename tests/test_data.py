@@ -2,11 +2,13 @@
 
 Small files in the original on-disk formats are written to ``tmp_path`` and
 read back exactly. tensorflow-datasets is replaced by a failing stub in every
-test (autouse fixture), so no test can ever reach the network.
+test (autouse fixture), except the tests of the real tfds code path, which run
+on ``tfds.testing.mock_data`` or an empty tfds folder with network connections
+made an error: no test can reach the network.
 
-Two tests read the real datasets and run only when ``JDLFS_DATA_DIR`` points
-at them (``JDLFS_DATA_DIR=/work/shared/data pytest tests/test_data.py``; the
-CIFAR-10 one is also ``slow``: add ``-m slow``).
+Two tests read the real datasets and run when they are found
+(``$JDLFS_DATA_DIR``, else ``../shared/data``: see ``conftest.py``); the
+CIFAR-10 one is also ``slow``: add ``-m slow``.
 """
 
 from __future__ import annotations
@@ -533,19 +535,34 @@ def test_wrong_number_of_classes(tmp_path):
 
 
 def test_nothing_found_lists_paths_and_tfds_error(tmp_path, monkeypatch):
-    # The real fallback, with tensorflow_datasets made unimportable: no network.
+    # The real fallback, with tensorflow_datasets made unimportable.
     monkeypatch.setattr(sources, "load_from_tfds", REAL_LOAD_FROM_TFDS)
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
     (tmp_path / "mnist").mkdir()
     write_idx(tmp_path / "mnist" / "train-images-idx3-ubyte.gz", np.zeros((1, 28, 28), np.uint8))
-    with pytest.raises(FileNotFoundError) as e:
+    with pytest.raises(data.DatasetNotFoundError) as e:
         data.load("mnist", "train", data_dir=tmp_path)
+    assert isinstance(e.value, FileNotFoundError)
     msg = str(e.value)
     for part in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", str(tmp_path / "mnist"),
                  "found train-images-idx3-ubyte.gz but not train-labels-idx1-ubyte.gz",
-                 "JDLFS_DATA_DIR", "data_dir", "https://storage.googleapis.com/cvdf-datasets/mnist/",
-                 "tensorflow-datasets fallback failed", "tensorflow_datasets"):
+                 "JDLFS_DATA_DIR", "data_dir=<dir>", "https://storage.googleapis.com/cvdf-datasets/mnist/",
+                 "tensorflow-datasets is not usable here", "tensorflow_datasets"):
         assert part in msg, part
+    # One error, not a chain: the tfds failure is summed up in the message.
+    assert e.value.__cause__ is None and e.value.__suppress_context__
+    assert e.value.looked[0].startswith(str(tmp_path / "mnist"))
+
+
+def test_not_found_error_describe_and_pickle(tmp_path):
+    with pytest.raises(data.DatasetNotFoundError) as e:
+        data.load("mnist", "test", data_dir=tmp_path)
+    err = e.value
+    cli = err.describe("--data-dir", "pass --data-dir <dir>")
+    assert "--data-dir <dir>" in cli and "data_dir=" not in cli and "JDLFS_DATA_DIR" in cli
+    assert cli.splitlines()[1:3] == str(err).splitlines()[1:3]  # same facts, other wording
+    again = pickle.loads(pickle.dumps(err))
+    assert type(again) is data.DatasetNotFoundError and str(again) == str(err) and again.looked == err.looked
 
 
 def test_nothing_found_fashion_mentions_apt_and_all_dirs(tmp_path):
@@ -566,16 +583,59 @@ def test_nothing_found_cifar_without_any_dir():
     assert "cifar-10-binary.tar.gz" in msg and "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in msg
 
 
-def test_tfds_fallback_converts_to_documented_arrays(monkeypatch):
+# The real tensorflow-datasets code path, offline. tfds reads copies it has
+# prepared (ArrayRecord, no TensorFlow needed) and never downloads.
+
+
+@pytest.fixture
+def real_tfds(tmp_path, monkeypatch):
+    """The real fallback, tfds's data folder empty, and any network connection an error."""
+    import socket
+
+    pytest.importorskip("tensorflow_datasets")
     monkeypatch.setattr(sources, "load_from_tfds", REAL_LOAD_FROM_TFDS)
-    images = np.arange(2 * 28 * 28, dtype=np.int64).reshape(2, 28, 28, 1) % 256
-    fake = types.ModuleType("tensorflow_datasets")
-    fake.load = lambda name, **kw: (name, kw)
-    fake.as_numpy = lambda ds: (images.astype(np.uint8), np.array([3, 9], np.int64))
-    monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake)
-    x, y = data.load("mnist", "test")
-    assert x.dtype == np.uint8 and x.shape == (2, 28, 28, 1) and y.dtype == np.int32
-    assert y.tolist() == [3, 9]
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("jdlfs.data tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    return tmp_path / "tfds"
+
+
+@pytest.mark.parametrize("name, shape", [("mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))])
+def test_tfds_branch_with_mock_data(real_tfds, tmp_path, monkeypatch, name, shape):
+    import tensorflow_datasets as tfds
+
+    # tensorflow-datasets 4.9.10 imports importlib_resources, which it does not
+    # declare, when it prepares a dataset; the read-only path must not need it.
+    monkeypatch.setitem(sys.modules, "importlib_resources", None)
+    with tfds.testing.mock_data(num_examples=6):
+        x, y = data.load(name, "test", data_dir=tmp_path / "empty")
+    assert x.dtype == np.uint8 and x.shape == (6, *shape)
+    assert y.dtype == np.int32 and y.shape == (6,) and 0 <= y.min() and y.max() <= 9
+    assert len(np.unique(x.reshape(6, -1), axis=0)) > 1  # random examples, not one repeated
+
+
+def test_tfds_not_prepared_is_one_quiet_error(real_tfds, tmp_path, capfd):
+    with pytest.raises(data.DatasetNotFoundError) as e:
+        data.load("mnist", "train", data_dir=tmp_path / "nowhere")
+    msg = str(e.value)
+    assert f"tensorflow-datasets has no prepared copy in {real_tfds / 'mnist'}" in msg
+    assert "never downloads" in msg and "JDLFS_DATA_DIR" in msg
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""  # no download announcement, no absl warnings
+    assert not real_tfds.exists()   # nothing written either
+
+
+def test_tfds_labels_out_of_range_are_a_format_error(real_tfds, tmp_path):
+    import tensorflow_datasets as tfds
+
+    bad = [{"image": np.zeros((28, 28, 1), np.uint8), "label": np.int64(label)} for label in (3, 12)]
+    with (tfds.testing.mock_data(as_data_source_fn=lambda builder, split, **kwargs: bad),
+          pytest.raises(DataFormatError, match=r"tensorflow-datasets mnist/test.*expected 0\.\.9")):
+        data.load("mnist", "test", data_dir=tmp_path / "empty")
 
 
 def test_unknown_name_or_split():

@@ -11,10 +11,13 @@ Files are found under ``data_dir`` / ``$JDLFS_DATA_DIR`` in their original
 on-disk forms (IDX gzip files; CIFAR-10 binary or python batches, their
 tarballs, or an image-folder directory / zip), decoded once and cached as
 ``.npz`` under ``cache_dir`` / ``$JDLFS_CACHE_DIR`` / ``~/.cache/jdlfs``, keyed
-by a checksum of the source files. Without a local copy, tensorflow-datasets is
-tried (it downloads on a connected machine); failing that, a
-``FileNotFoundError`` explains what was looked for and where. Corrupt files
-raise :class:`DataFormatError` (a ``ValueError``) naming the file.
+by a checksum of the source files. Without a local copy, a copy that
+tensorflow-datasets has already prepared is read (offline: nothing is
+downloaded); failing that, :class:`DatasetNotFoundError` (a
+``FileNotFoundError``) explains what was looked for, where, and how to get
+the files. Corrupt files raise :class:`DataFormatError` (a ``ValueError``)
+naming the file. ``load`` never prints and never exits: scripts turn these
+errors into one message (:func:`jdlfs.runs.run_main`).
 
 Pipeline utilities take explicit ``jax.random`` keys: :func:`fit_normalizer` /
 :class:`Normalizer`, :func:`shuffle`, :func:`batches`, :func:`epoch_arrays`
@@ -27,7 +30,7 @@ Modules: :mod:`~jdlfs.data.loader` (``load``), :mod:`~jdlfs.data.sources`
 """
 
 from jdlfs.data.cifar import CIFAR10_CLASSES
-from jdlfs.data.errors import DataFormatError
+from jdlfs.data.errors import DataFormatError, DatasetNotFoundError
 from jdlfs.data.loader import load
 from jdlfs.data.pipeline import Normalizer, batches, epoch_arrays, fit_normalizer, shuffle, train_val_split
 from jdlfs.data.sources import DATASETS, SPLITS, DatasetInfo
@@ -37,6 +40,7 @@ __all__ = [
     "DATASETS",
     "SPLITS",
     "DataFormatError",
+    "DatasetNotFoundError",
     "DatasetInfo",
     "Normalizer",
     "batches",

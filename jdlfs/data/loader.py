@@ -3,8 +3,9 @@
 Resolution order: local files (``data_dir`` argument, else
 ``$JDLFS_DATA_DIR``; see :mod:`jdlfs.data.sources` for the exact directories
 and layouts), decoded once and cached as ``.npz`` (:mod:`jdlfs.data.cache`);
-else tensorflow-datasets, which downloads on a connected machine; else a
-:class:`FileNotFoundError` that says what was looked for, where, and how to get
+else a copy tensorflow-datasets has already prepared (read offline, never
+downloaded: no network, no log output); else a :class:`DatasetNotFoundError`
+(a ``FileNotFoundError``) that says what was looked for, where, and how to get
 it.
 """
 
@@ -63,7 +64,9 @@ def load(
       ValueError: unknown ``name`` or ``split``.
       DataFormatError: a found file is corrupt, truncated or inconsistent (a
         ``ValueError`` subclass; the message names the file).
-      FileNotFoundError: no local copy and tensorflow-datasets failed too.
+      DatasetNotFoundError: no local copy and no prepared tensorflow-datasets
+        copy (a ``FileNotFoundError`` subclass; the message lists the
+        directories searched and how to get the files).
     """
     if name not in sources.DATASETS:
         raise ValueError(f"unknown dataset name {name!r}; expected one of {sorted(sources.DATASETS)}")
@@ -95,7 +98,10 @@ def load(
 
     try:
         images, labels = sources.load_from_tfds(name, split)
-    except Exception as e:  # ImportError, network errors, tfds's own errors
-        raise FileNotFoundError(sources.not_found_message(name, split, data_dir, looked, e)) from e
+    except DataFormatError:
+        raise
+    except Exception as e:  # not prepared, ImportError, tfds's own errors: all summed up in one line
+        # `from None`: the message already names the tfds error; its traceback is noise.
+        raise sources.not_found_error(name, split, data_dir, looked, e) from None
     _check_arrays(images, labels, name, f"tensorflow-datasets {name}/{split}")
     return images, labels

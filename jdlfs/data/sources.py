@@ -5,7 +5,9 @@ the on-disk format and the files to read, found by checking a fixed list of
 candidate directories in order and, in each, a fixed list of file layouts
 (:func:`iter_sources` yields all candidates, best first).
 :func:`source_key` fingerprints a source for the cache and
-:func:`decode_source` reads it. :func:`load_from_tfds` is the last resort.
+:func:`decode_source` reads it. :func:`load_from_tfds` is the last resort: it
+reads a copy tensorflow-datasets has already prepared and never downloads.
+:func:`not_found_error` builds the error raised when all of these fail.
 
 Candidate directories (``<dir>`` = the ``data_dir`` argument, else
 ``$JDLFS_DATA_DIR``):
@@ -31,7 +33,9 @@ Layouts, checked in this order within each directory:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -40,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from jdlfs.data import cache, cifar, idx, imagefolder
-from jdlfs.data.errors import DataFormatError
+from jdlfs.data.errors import DataFormatError, DatasetNotFoundError
 
 __all__ = [
     "DATASETS",
@@ -53,8 +57,9 @@ __all__ = [
     "find_source",
     "iter_sources",
     "load_from_tfds",
-    "not_found_message",
+    "not_found_error",
     "source_key",
+    "tfds_data_dir",
 ]
 
 #: Valid ``split`` arguments.
@@ -384,20 +389,71 @@ def decode_source(source: Source) -> tuple[np.ndarray, np.ndarray]:
     return images, labels.astype(np.int32)
 
 
-def load_from_tfds(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Load a split with tensorflow-datasets (downloads on a connected machine).
+def tfds_data_dir() -> str | None:
+    """The folder tensorflow-datasets reads prepared copies from: ``$TFDS_DATA_DIR``, else tfds's default.
 
-    tensorflow_datasets is imported here, lazily: it is slow to import and
-    only needed when no local copy exists.
+    Read at call time (tfds itself reads the variable once, at import).
+    """
+    return os.environ.get("TFDS_DATA_DIR") or None
+
+
+@contextlib.contextmanager
+def _quiet_absl() -> Iterator[None]:
+    """Silence tfds's absl warnings (e.g. ``Variant folder ... has no dataset_info.json``) for a block."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def load_from_tfds(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read a split from a copy tensorflow-datasets has already prepared; never download.
+
+    Reads through ``builder.as_data_source`` (ArrayRecord files; no
+    TensorFlow needed) from ``$TFDS_DATA_DIR`` or tfds's default folder
+    (``~/tensorflow_datasets``). Nothing is downloaded or prepared: on a
+    machine without the data that would mean minutes of network retries and
+    log output, and preparing MNIST or CIFAR-10 needs TensorFlow, which jdlfs
+    does not depend on. Reading needs neither TensorFlow nor
+    ``importlib_resources`` (tensorflow-datasets 4.9.10 imports that
+    undeclared package only to prepare a dataset: tensorflow/datasets#11212).
+    tensorflow_datasets is imported here, lazily: it is slow to import and only
+    needed when no local copy exists. Its absl warnings are silenced.
 
     Returns:
       ``(images, labels)``: uint8 ``(N, H, W, C)``, int32 ``(N,)``.
-    """
-    import tensorflow_datasets as tfds
 
-    data = tfds.load(name, split=split, batch_size=-1, as_supervised=True)
-    images, labels = tfds.as_numpy(data)
-    return np.asarray(images, dtype=np.uint8), np.asarray(labels).astype(np.int32)
+    Raises:
+      FileNotFoundError: tfds has no prepared copy (the message names its folder).
+      ImportError: tensorflow-datasets, or a module it needs, cannot be imported.
+      DataFormatError: the prepared copy holds labels outside the class range.
+    """
+    info = DATASETS[name]
+    with _quiet_absl():
+        import tensorflow_datasets as tfds
+
+        builder = tfds.builder(name, data_dir=tfds_data_dir())
+        try:
+            source = builder.as_data_source(split=split)
+        except Exception:
+            if builder.is_prepared():
+                raise
+            raise FileNotFoundError(
+                f"tensorflow-datasets has no prepared copy in {builder.data_dir} (jdlfs reads its copies, "
+                f"never downloads; `tfds build {name} --file_format=array_record` prepares one, with TensorFlow)"
+            ) from None
+        image_key, label_key = builder.info.supervised_keys
+        examples = list(source)
+    images = np.stack([np.asarray(ex[image_key]) for ex in examples]) if examples else np.zeros(
+        (0, *info.image_shape), np.uint8)
+    labels = np.asarray([ex[label_key] for ex in examples], dtype=np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= info.num_classes):
+        raise DataFormatError(f"tensorflow-datasets {name}/{split} in {builder.data_dir}",
+                              f"labels span {labels.min()}..{labels.max()}, expected 0..{info.num_classes - 1}")
+    return images, labels.astype(np.int32)
 
 
 def _expected_files(name: str, split: str) -> list[str]:
@@ -413,34 +469,52 @@ def _expected_files(name: str, split: str) -> list[str]:
     return [f"{image_names[0]} (or {image_names[1]})", f"{label_names[0]} (or {label_names[1]})"]
 
 
-def not_found_message(
+def _known_copies(name: str, data_dir: str | os.PathLike[str] | None) -> list[Path]:
+    """Data folders holding ``name`` in the README's place (``../shared/data``) but not the one given."""
+    given = data_dir if data_dir is not None else (os.environ.get("JDLFS_DATA_DIR") or None)
+    given = Path(given).expanduser().resolve() if given is not None else None
+    repo = Path(__file__).resolve().parents[2]
+    found: list[Path] = []
+    for root in (repo.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"):
+        root = root.resolve()
+        if root != given and root not in found and any((root / sub).is_dir() for sub in DATASETS[name].subdirs):
+            found.append(root)
+    return found
+
+
+def _tfds_note(error: BaseException) -> str:
+    brief = (str(error).strip().splitlines() or [""])[0][:300]
+    if isinstance(error, FileNotFoundError):
+        return brief
+    if isinstance(error, ImportError):
+        return f"tensorflow-datasets is not usable here ({type(error).__name__}: {brief})."
+    return f"The tensorflow-datasets fallback failed too: {type(error).__name__}: {brief}"
+
+
+def not_found_error(
     name: str,
     split: str,
     data_dir: str | os.PathLike[str] | None,
     looked: list[str],
     tfds_error: BaseException,
-) -> str:
-    """The message of the :class:`FileNotFoundError` raised when nothing was found."""
+) -> DatasetNotFoundError:
+    """The :class:`DatasetNotFoundError` raised when neither the disk nor tensorflow-datasets has the split."""
     info = DATASETS[name]
-    lines = [f"could not find the {name!r} {split!r} split."]
-    lines.append("Looked for: " + "; ".join(_expected_files(name, split)))
-    if looked:
-        lines.append("In these directories:")
-        lines += [f"  {line}" for line in looked]
-    if data_dir is None and not os.environ.get("JDLFS_DATA_DIR"):
-        lines.append(
-            "No data directory was given (data_dir argument or JDLFS_DATA_DIR environment variable)."
-        )
-    brief = (str(tfds_error).strip().splitlines() or [""])[0][:200]
-    lines.append(f"The tensorflow-datasets fallback failed too: {type(tfds_error).__name__}: {brief}")
-    sub = info.subdirs[0]
-    lines.append(
-        f"To fix: put the files in <dir>/{sub}/ and pass data_dir=<dir> to load() "
-        f"or set JDLFS_DATA_DIR=<dir>. Original files: {', '.join(info.urls)}."
-    )
+    hints = []
     if name == "fashion_mnist":
-        lines.append(
+        hints.append(
             "On Debian/Ubuntu, `apt-get install dataset-fashion-mnist` installs them in "
             f"{SYSTEM_FASHION_MNIST_DIR}."
         )
-    return "\n".join(lines)
+    hints += [f"A copy is in {root}: use <dir> = {root}." for root in _known_copies(name, data_dir)]
+    return DatasetNotFoundError(
+        name,
+        split,
+        expected=tuple(_expected_files(name, split)),
+        looked=tuple(looked),
+        dir_given=data_dir is not None or bool(os.environ.get("JDLFS_DATA_DIR")),
+        tfds_note=_tfds_note(tfds_error),
+        sources=info.urls,
+        hints=tuple(hints),
+        subdir=info.subdirs[0],
+    )
