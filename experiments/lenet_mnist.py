@@ -55,8 +55,8 @@ def plot_filters(w, out):
 
 def main(argv=None) -> dict:
     p = runs.experiment_parser("lenet_mnist", __doc__.split("\n\n")[0])
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=10, help="training epochs (--quick: 1)")
+    p.add_argument("--batch-size", type=int, default=32, help="examples per step")
     p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam",
                    help="adam (AdamW when --weight-decay > 0) or SGD with Nesterov momentum 0.9")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine decay to 0)")
@@ -64,10 +64,8 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     out = runs.start(args)
 
-    x_train, y_train = data.load("mnist", "train", data_dir=args.data_dir)
-    x_test, y_test = data.load("mnist", "test", data_dir=args.data_dir)
+    x_train, y_train, x_test, y_test = runs.load_dataset(args, "mnist", quick_train=2000)
     if args.quick:
-        x_train, y_train, x_test, y_test = x_train[:2000], y_train[:2000], x_test[:1000], y_test[:1000]
         args.epochs = 1
     norm = data.fit_normalizer(x_train)
     preprocess = norm.apply                                          # uint8 NHWC -> standardised float32
@@ -85,17 +83,16 @@ def main(argv=None) -> dict:
                                 optax.sgd(schedule, momentum=0.9, nesterov=True))
 
     t0 = time.perf_counter()
-    result = train.fit(model, params, state, optimizer, (x_train, y_train), epochs=args.epochs,
-                       batch_size=args.batch_size, key=train_key, test_data=(x_test, y_test),
-                       preprocess=preprocess, progress=not args.no_progress, desc="LeNet")
+    result = train.fit(train.classification(model, preprocess=preprocess), params, state, optimizer,
+                       (x_train, y_train), epochs=args.epochs, batch_size=args.batch_size, key=train_key,
+                       test_data=(x_test, y_test), progress=not args.no_progress,
+                       devices=runs.local_devices(args), checkpoint=out / runs.CHECKPOINT, desc="LeNet")
     jax.block_until_ready(result.params)
     train_seconds = time.perf_counter() - t0
-    final = train.make_evaluate(model, num_classes=10, preprocess=preprocess)(
-        result.params, result.state, x_test, y_test)
-    epoch_seconds = [h["train_seconds"] for h in result.history]
+    final = result.test_metrics
 
     runs.save_figure(runs.plot_history(result.history, "LeNet on MNIST"), out, "curves.png")
-    plot_filters(result.params[0]["w"], out)
+    plot_filters(result.params["conv1"]["w"], out)
     runs.save_figure(runs.plot_confusion(final["confusion"], final["accuracy"]), out, "confusion.png")
 
     results = {
@@ -104,8 +101,7 @@ def main(argv=None) -> dict:
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
         "optimizer": f"{args.optimizer} + cosine decay", "weight_decay": args.weight_decay,
         "param_count": layers.param_count(params),
-        "seconds_per_epoch": float(np.median(epoch_seconds[1:] if len(epoch_seconds) > 1 else epoch_seconds)),
-        "first_epoch_seconds_with_compile": epoch_seconds[0],
+        **runs.epoch_timing(result.history),
         "train_seconds": train_seconds,
         "history": result.history, "confusion_matrix": final["confusion"],
     }
@@ -113,4 +109,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    runs.run_main(main)

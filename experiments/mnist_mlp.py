@@ -43,9 +43,8 @@ from jdlfs import functional as F
 
 def plain_apply(params, state, x, *, key=None, train=False):
     """The same MLP with no custom rules: autodiff differentiates it."""
-    (p1, _, p2) = params
-    h = jax.nn.relu(x @ p1["w"] + p1["b"])
-    return h @ p2["w"] + p2["b"], state
+    h = jax.nn.relu(x @ params["fc1"]["w"] + params["fc1"]["b"])
+    return h @ params["fc2"]["w"] + params["fc2"]["b"], state
 
 
 def plain_loss(logits, labels, mask=None):
@@ -58,18 +57,16 @@ def plain_loss(logits, labels, mask=None):
 
 def main(argv=None) -> dict:
     p = runs.experiment_parser("mnist_mlp", __doc__.split("\n\n")[0])
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--epochs", type=int, default=10, help="training epochs (--quick: at most 2)")
+    p.add_argument("--batch-size", type=int, default=64, help="examples per SGD step")
+    p.add_argument("--lr", type=float, default=0.1, help="SGD learning rate")
+    p.add_argument("--hidden", type=int, default=128, help="hidden units")
     p.add_argument("--no-autodiff-baseline", action="store_true", help="skip the jax.grad comparison run")
     args = p.parse_args(argv)
     out = runs.start(args)
 
-    x_train, y_train = data.load("mnist", "train", data_dir=args.data_dir)
-    x_test, y_test = data.load("mnist", "test", data_dir=args.data_dir)
+    x_train, y_train, x_test, y_test = runs.load_dataset(args, "mnist", quick_train=4096)
     if args.quick:
-        x_train, y_train, x_test, y_test = x_train[:4096], y_train[:4096], x_test[:1000], y_test[:1000]
         args.epochs = min(args.epochs, 2)
     norm = data.fit_normalizer(x_train)
     preprocess = lambda x: norm.apply(x).reshape(x.shape[0], -1)  # noqa: E731  uint8 (B,28,28,1) -> (B,784)
@@ -80,16 +77,16 @@ def main(argv=None) -> dict:
     params, state = model.init(init_key, (1, 784))
     print(layers.summary(model, params, state, (1, 784)), file=sys.stderr)
     optimizer = optax.sgd(args.lr)
-    common = dict(epochs=args.epochs, batch_size=args.batch_size, key=train_key,
-                  test_data=(x_test, y_test), preprocess=preprocess, progress=not args.no_progress)
+    common = dict(epochs=args.epochs, batch_size=args.batch_size, key=train_key, test_data=(x_test, y_test),
+                  progress=not args.no_progress, devices=runs.local_devices(args))
 
     t0 = time.perf_counter()
-    ours = train.fit(model, params, state, optimizer, (x_train, y_train), desc="hand-written VJPs", **common)
+    task = train.classification(model, preprocess=preprocess)
+    ours = train.fit(task, params, state, optimizer, (x_train, y_train), desc="hand-written VJPs",
+                     checkpoint=out / runs.CHECKPOINT / "hand", **common)
     jax.block_until_ready(ours.params)
     ours_seconds = time.perf_counter() - t0
-    evaluate = train.make_evaluate(model, num_classes=10, preprocess=preprocess)
-    final = evaluate(ours.params, ours.state, x_test, y_test)
-    epoch_seconds = [h["train_seconds"] for h in ours.history]
+    final = ours.test_metrics
 
     results = {
         "test_accuracy": final["accuracy"], "test_loss": final["loss"],
@@ -97,13 +94,11 @@ def main(argv=None) -> dict:
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "sizes": list(sizes),
         "param_count": layers.param_count(params),
         "wall_seconds_hand": ours_seconds,
-        "seconds_per_epoch": float(np.median(epoch_seconds[1:] if len(epoch_seconds) > 1 else epoch_seconds)),
-        "first_epoch_seconds_with_compile": epoch_seconds[0],
+        **runs.epoch_timing(ours.history),
         "history": ours.history, "confusion_matrix": final["confusion"],
     }
 
     if not args.no_autodiff_baseline:
-        baseline = layers.Layer(model.init, plain_apply, "plain-jnp mlp (autodiff)")
         # Same parameters, same batch: hand-written gradient vs jax.grad of the plain forward.
         xb, yb = preprocess(jnp.asarray(x_train[:args.batch_size])), jnp.asarray(y_train[:args.batch_size])
         grad_of = lambda apply, loss: jax.grad(  # noqa: E731
@@ -113,22 +108,22 @@ def main(argv=None) -> dict:
             float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
             for a, b in zip(jax.tree.leaves(g_hand), jax.tree.leaves(g_auto)))
         t0 = time.perf_counter()
-        auto = train.fit(baseline, params, state, optimizer, (x_train, y_train), loss_fn=plain_loss,
-                         desc="jax.grad autodiff", **common)
+        auto = train.fit(train.classification(plain_apply, preprocess=preprocess, loss_fn=plain_loss), params,
+                         state, optimizer, (x_train, y_train), desc="jax.grad autodiff",
+                         checkpoint=out / runs.CHECKPOINT / "autodiff", **common)
         jax.block_until_ready(auto.params)
         auto_seconds = time.perf_counter() - t0
-        auto_eval = train.make_evaluate(baseline, num_classes=10, preprocess=preprocess,
-                                        loss_fn=plain_loss)(auto.params, auto.state, x_test, y_test)
-        diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), ours.params, auto.params))
-        scale = max(float(jnp.max(jnp.abs(a))) for a in jax.tree.leaves(ours.params))
+        auto_eval = auto.test_metrics
+        diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
+                                             ours.params, auto.params))
+        scale = max(float(np.max(np.abs(np.asarray(a)))) for a in jax.tree.leaves(ours.params))
         results.update({
             "autodiff_test_accuracy": auto_eval["accuracy"],
             "accuracy_difference": abs(final["accuracy"] - auto_eval["accuracy"]),
             "max_param_abs_difference": max(diffs),
             "max_param_relative_difference": max(diffs) / scale,
             "wall_seconds_autodiff": auto_seconds,
-            "autodiff_seconds_per_epoch": float(np.median([h["train_seconds"] for h in auto.history][1:] or
-                                                          [auto.history[0]["train_seconds"]])),
+            "autodiff_seconds_per_epoch": runs.epoch_timing(auto.history)["seconds_per_epoch"],
         })
         results["speed_ratio_autodiff_over_hand"] = results["autodiff_seconds_per_epoch"] / results["seconds_per_epoch"]
 
@@ -138,4 +133,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    runs.run_main(main)

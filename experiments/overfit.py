@@ -3,8 +3,8 @@
 A network that cannot drive the training loss to ~0 on 1, 4, 16 or 64
 examples has a bug (in the model, the loss or the backward pass), so this is
 the first experiment to run after writing hand-made gradients. A 784-128-10
-ReLU MLP (He normal init) is trained full-batch with Adam (lr 1e-3, scanned
-and jitted, 300 steps) on the first n images of a key-shuffled MNIST training
+ReLU MLP (He normal init) is trained full-batch with Adam (lr 1e-3, 300
+steps, ``train.full_batch``) on the first n images of a key-shuffled MNIST training
 set (nested subsets: the 4 contain the 1, the 16 the 4, ...), for n = 1, 4,
 16, 64; the final loss must be below 1e-2 for every n
 (``all_below_threshold``). Small sets are memorised faster: the step at which
@@ -44,42 +44,21 @@ import numpy as np
 import optax
 
 from jdlfs import data, models, runs, train
-from jdlfs import functional as F
-
-
-def train_full_batch(model, params, state, optimizer, x, y, steps: int):
-    """``steps`` full-batch Adam updates in one scan; returns params and the loss at every step."""
-    def loss_fn(p):
-        logits, _ = model.apply(p, state, x, train=True)
-        return F.softmax_cross_entropy(logits, y)
-
-    @jax.jit
-    def run(params):
-        def step(carry, _):
-            p, opt_state = carry
-            loss, g = jax.value_and_grad(loss_fn)(p)          # hand-written VJPs
-            updates, opt_state = optimizer.update(g, opt_state, p)
-            return (optax.apply_updates(p, updates), opt_state), loss
-
-        (params, _), losses = jax.lax.scan(step, (params, optimizer.init(params)), None, length=steps)
-        return params, losses, loss_fn(params)
-
-    return run(params)
+from jdlfs import layers as L
 
 
 def dead_relu_fraction(model, params, state, x) -> float:
     """Fraction of first-layer ReLU units that output 0 for every row of ``x``."""
-    (lin, relu), (p_lin, p_relu), (s_lin, s_relu) = model.layers[:2], params[:2], state[:2]
-    h, _ = relu.apply(p_relu, s_relu, lin.apply(p_lin, s_lin, x)[0])
-    return float(jnp.mean(jnp.all(h == 0, axis=0)))
+    _, _, acts = L.intermediates(model, params, state, x)
+    return float(jnp.mean(jnp.all(acts["relu1"] == 0, axis=0)))
 
 
 def main(argv=None) -> dict:
     p = runs.experiment_parser("overfit", __doc__.split("\n\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 16, 64], help="training-set sizes")
-    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--hidden", type=int, default=128, help="hidden units of the MLP")
     p.add_argument("--steps", type=int, default=300, help="full-batch Adam steps per size")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--threshold", type=float, default=1e-2, help="final loss every size must reach")
     p.add_argument("--held-out", type=int, default=1000, help="test images for the dead-ReLU count")
     args = p.parse_args(argv)
@@ -87,8 +66,7 @@ def main(argv=None) -> dict:
     if args.quick:
         args.steps = min(args.steps, 100)
 
-    x_train, y_train = data.load("mnist", "train", data_dir=args.data_dir)
-    x_test, y_test = data.load("mnist", "test", data_dir=args.data_dir)
+    x_train, y_train, x_test, y_test = runs.load_dataset(args, "mnist", quick_train=60000, quick_test=10000)
     norm = data.fit_normalizer(x_train)
     flat = lambda x: norm.apply(jnp.asarray(x)).reshape(x.shape[0], -1)  # noqa: E731
     k_subset, k_held, k_init = jax.random.split(jax.random.key(args.seed), 3)
@@ -99,6 +77,7 @@ def main(argv=None) -> dict:
     model = models.mlp((784, args.hidden, 10), "relu", w_init="he_normal")
     params0, state = model.init(k_init, (1, 784))
     optimizer = optax.adam(args.lr)
+    task = train.classification(model)                 # full-batch Adam on already-flattened inputs
     evaluate = train.make_evaluate(model, num_classes=10,
                                    preprocess=lambda x: norm.apply(x).reshape(x.shape[0], -1))
     results = {"dead_relu_fraction_init": dead_relu_fraction(model, params0, state, x_held)}
@@ -106,8 +85,9 @@ def main(argv=None) -> dict:
     for n in args.sizes:
         idx = order[:n]
         x, y = flat(x_train[idx]), jnp.asarray(y_train[idx])
-        params, losses, final = train_full_batch(model, params0, state, optimizer, x, y, args.steps)
-        losses = np.asarray(losses)
+        ts, losses = train.full_batch(task, params0, state, optimizer, (x, y), steps=args.steps, key=k_init)
+        params = ts.params
+        final = train.evaluate(task.evaluate, params, state, (x, y))["loss"]   # after the last step
         below = np.flatnonzero(losses < args.threshold)
         curves[n] = losses
         results[f"final_loss_{n}"] = float(final) + 0.0          # + 0.0: no "-0.0" in the JSON
@@ -137,4 +117,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    runs.run_main(main)

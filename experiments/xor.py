@@ -7,6 +7,10 @@ learning rule, one example at a time in the fixed order (0,0), (0,1), (1,0),
 
     w += lr * (t - y) * x,      b += lr * (t - y)
 
+run by ``train.fit`` (batch 1, no shuffling) as SGD on the perceptron
+criterion ``-(t - y) (x w + b)`` with ``y`` held constant, whose gradient step
+is exactly that rule.
+
 Why not gradient descent? The step's derivative is 0 everywhere (undefined
 at 0), so ``jax.grad`` of any loss through ``F.step`` is exactly zero: the
 script checks it (``perceptron_grad_norm`` = 0.0). The rule above is an
@@ -21,7 +25,7 @@ converges. Here it falls into a 4-update cycle whose accuracies are 50%, 25%,
 (b) A 2-2-1 MLP (``models.mlp((2, 2, 1), "sigmoid", w_init="xavier_normal")``:
 a sigmoid hidden layer, a logit output fed to
 ``F.binary_cross_entropy_with_logits``), full-batch gradient descent through
-the hand-written rules (lr 5.0, 3000 steps, scanned and jitted). Two hidden
+the hand-written rules (lr 5.0, 3000 steps, ``train.full_batch``). Two hidden
 units are just enough (e.g. an OR unit and a NAND unit ANDed by the output),
 and a 2-2-1 net has genuine local minima: some initializations stall at loss
 ln(2)/2 = 0.347 (two points fit, the other two left at probability 0.5: 50%
@@ -48,56 +52,63 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jdlfs import functional as F
-from jdlfs import models, runs
+from jdlfs import layers as L
+from jdlfs import models, runs, train
 
 X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float32)
 T = np.array([0, 1, 1, 0], np.float32)
 
 
 # ---------------------------------------------------------------- (a) perceptron
-def perceptron_predict(model, params, x):
-    y, _ = model.apply(params, (), x)      # state of serial(Linear, Step) is ({}, {})
-    return y[:, 0]
+def perceptron_task(model):
+    """The perceptron rule as an objective, so ``train.fit`` runs it.
+
+    With ``z = x w + b`` (the ``fc`` layer's output), ``y = step(z)`` and the
+    perceptron criterion ``L = -(t - y) z`` (``y`` held constant), ``dL/dw =
+    -(t - y) x`` and ``dL/db = -(t - y)``: one SGD step of size ``lr`` on one
+    example *is* the rule ``w += lr (t - y) x``, ``b += lr (t - y)``.
+    Evaluation: accuracy of ``step(z)`` on the points, per example."""
+    def objective(params, state, batch, key):
+        x, t = batch
+        y, _, acts = L.intermediates(model, params, state, x)
+        err = t - jax.lax.stop_gradient(y[:, 0])
+        loss = -jnp.mean(err * acts["fc"][:, 0])
+        return loss, (state, {"loss": loss * x.shape[0], "count": jnp.float32(x.shape[0])})
+
+    def evaluate(params, state, batch, *, weights=None):
+        x, t = batch
+        y, _ = model.apply(params, state, x)
+        correct = (y[:, 0] > 0.5) == (t > 0.5)
+        return {"accuracy": jnp.sum(weights * correct), "count": jnp.sum(weights)}
+
+    return train.Task(objective, evaluate)
 
 
-def train_perceptron(key, epochs: int, lr: float):
-    """Perceptron rule, online, the 4 points in their fixed order each epoch.
-    Returns model, params, state, per-epoch accuracies, |grad| through the step."""
+def train_perceptron(key, epochs: int, lr: float, progress: bool):
+    """Perceptron rule, online (batch 1), the 4 points in their fixed order each
+    epoch (``shuffle=False``). Returns model, params, state, the accuracy on all
+    4 points after every update, and |grad| through the step."""
     model = models.perceptron()                        # zero weights: the classic start
     params, state = model.init(key, (1, 2))
     x, t = jnp.asarray(X), jnp.asarray(T)
-
-    def apply(params, xb):
-        y, _ = model.apply(params, state, xb)
-        return y[:, 0]
-
-    @jax.jit
-    def epoch(params):
-        def one(params, i):
-            lin, step = params
-            xi, ti = x[i], t[i]
-            err = ti - apply(params, xi[None])[0]            # 0 when right, +-1 when wrong
-            lin = {"w": lin["w"] + lr * err * xi[:, None], "b": lin["b"] + lr * err}
-            params = (lin, step)
-            return params, jnp.mean((apply(params, x) > 0.5) == (t > 0.5))   # accuracy after this update
-
-        return jax.lax.scan(one, params, jnp.arange(4))
-
-    accs = []                                              # accuracy on all 4 points after every update
-    for _ in range(epochs):
-        params, acc = epoch(params)
-        accs.extend(float(a) for a in acc)
+    result = train.fit(perceptron_task(model), params, state, optax.sgd(lr), (X, T), epochs=epochs, batch_size=1,
+                       key=key, shuffle=False, test_data=(X, T), eval_every=1, progress=progress,
+                       desc="perceptron rule")
+    accs = [c["test_accuracy"] for c in result.curve[1:]]     # after every update (curve[0]: before any)
+    params = result.params
 
     # The step has zero gradient: jax.grad through our rule gives exactly 0.
-    grads = jax.grad(lambda p: F.mse(apply(p, x), t))(params)
+    grads = jax.grad(lambda p: F.mse(model.apply(p, state, x)[0][:, 0], t))(params)
     grad_norm = float(sum(jnp.sum(g ** 2) for g in jax.tree.leaves(grads)) ** 0.5)
     return model, params, state, accs, grad_norm
 
 
 # ---------------------------------------------------------------- (b) 2-2-1 MLP
 def train_mlp(key, steps: int, lr: float, w_init: str):
+    """Full-batch gradient descent on the 4 points (``train.full_batch``)."""
     model = models.mlp((2, 2, 1), "sigmoid", w_init=w_init)
     params, state = model.init(key, (1, 2))
     x, t = jnp.asarray(X), jnp.asarray(T)[:, None]
@@ -106,19 +117,15 @@ def train_mlp(key, steps: int, lr: float, w_init: str):
         logits, _ = model.apply(p, state, x)
         return F.binary_cross_entropy_with_logits(logits, t)
 
-    @jax.jit
-    def run(params):
-        def gd(p, _):
-            loss, g = jax.value_and_grad(loss_fn)(p)       # hand-written VJPs end to end
-            return jax.tree.map(lambda a, b: a - lr * b, p, g), loss
+    def objective(p, s, batch, key):
+        loss = loss_fn(p)                                    # hand-written VJPs end to end
+        return loss, (s, {"loss": loss, "count": jnp.float32(1)})
 
-        params, losses = jax.lax.scan(gd, params, None, length=steps)
-        return params, losses, loss_fn(params)
-
-    params, losses, final = run(params)
+    ts, losses = train.full_batch(objective, params, state, optax.sgd(lr), (x, t), steps=steps, key=key)
+    params = ts.params
     logits, _ = model.apply(params, state, x)
     acc = float(jnp.mean((logits[:, 0] > 0) == (t[:, 0] > 0.5)))
-    return model, params, state, np.asarray(losses), float(final), acc
+    return model, params, state, losses, float(loss_fn(params)), acc
 
 
 # ---------------------------------------------------------------- figures
@@ -148,19 +155,22 @@ def plot_boundaries(percep, mlp, out):
 
 def main(argv=None) -> dict:
     p = runs.experiment_parser("xor", __doc__.split("\n\n")[0])
-    p.add_argument("--perceptron-epochs", type=int, default=50)
-    p.add_argument("--perceptron-lr", type=float, default=1.0)
+    p.add_argument("--perceptron-epochs", type=int, default=50, help="passes of the perceptron rule over the 4 points")
+    p.add_argument("--perceptron-lr", type=float, default=1.0,
+                   help="perceptron learning rate (from zero weights it only rescales w, b)")
     p.add_argument("--steps", type=int, default=3000, help="MLP full-batch gradient-descent steps per attempt")
     p.add_argument("--lr", type=float, default=5.0, help="MLP learning rate")
     p.add_argument("--w-init", default="xavier_normal", help="MLP weight initializer (jdlfs.init name)")
-    p.add_argument("--max-restarts", type=int, default=20)
+    p.add_argument("--max-restarts", type=int, default=20,
+                   help="fresh MLP initializations to try when one stalls in a local minimum")
     args = p.parse_args(argv)
     out = runs.start(args)
     if args.quick:
         args.perceptron_epochs = min(args.perceptron_epochs, 20)
 
     perceptron_key, mlp_key = jax.random.split(jax.random.key(args.seed))
-    pm, pp, ps, accs, grad_norm = train_perceptron(perceptron_key, args.perceptron_epochs, args.perceptron_lr)
+    pm, pp, ps, accs, grad_norm = train_perceptron(perceptron_key, args.perceptron_epochs, args.perceptron_lr,
+                                                   not args.no_progress)
     print(f"perceptron: best {max(accs):.2f}, final {accs[-1]:.2f} "
           f"(|grad through step| = {grad_norm})")
 
@@ -203,4 +213,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    runs.run_main(main)

@@ -16,6 +16,13 @@ in Equinox's BatchNorm):
 * All math goes through :mod:`jdlfs.functional`, so every gradient comes from
   a hand-written rule.
 
+Layers inside :func:`serial` have names (``"conv1"``, ``"fc2"``, or automatic
+``"linear1"``, ``"relu2"``, ...): parameters and state are dicts keyed by those
+names (``params["fc1"]["w"]``), never positions, and
+:func:`intermediates` returns every named layer's output (optionally with a
+"tap" added to it, so ``jax.grad`` with respect to the taps gives the gradient
+with respect to each activation).
+
 Output shapes are never written by hand: :func:`output_shape` runs the layer's
 own ``apply`` under ``jax.eval_shape`` (no FLOPs), so ``serial`` can chain
 layers of any kind.
@@ -24,6 +31,8 @@ layers of any kind.
 from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -39,8 +48,9 @@ State = Any
 class Layer(NamedTuple):
     init: Callable[..., tuple[Params, State]]     # (key, input_shape) -> (params, state)
     apply: Callable[..., tuple[jax.Array, State]]  # (params, state, x, *, key, train) -> (y, state)
-    name: str
-    layers: tuple = ()                             # sub-layers of a combinator (for summary)
+    name: str                                      # a description, e.g. "Linear(128)"
+    layers: tuple = ()                             # a combinator's named sub-layers: ((name, Layer), ...)
+    run: Callable | None = None                    # serial only: apply that also returns every activation
 
 
 def output_shape(layer: Layer, params, state, input_shape, dtype=jnp.float32) -> tuple[int, ...]:
@@ -117,7 +127,14 @@ def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5) -> Layer:
     ``running = momentum * running + (1 - momentum) * batch`` (the running
     variance uses the unbiased ``m / (m - 1)`` batch variance, as PyTorch does;
     the statistics carry no gradient). Evaluation: normalise with the running
-    statistics (:func:`jdlfs.functional.batch_norm_inference`).
+    statistics (:func:`jdlfs.functional.batch_norm_inference`). The running
+    statistics are float32 whatever the activation dtype. Training on an empty
+    batch is an error.
+
+    Conventions, for readers coming from other libraries: ``momentum=0.9`` here
+    is PyTorch's ``momentum=0.1`` (PyTorch weights the *new* batch by its
+    momentum) and Flax's ``momentum=0.9`` (Flax's default is 0.99); the running
+    variance is the unbiased one, as in PyTorch (Flax keeps the biased one).
     """
     def init(key, input_shape):
         c = input_shape[-1]
@@ -129,9 +146,15 @@ def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5) -> Layer:
         if not train:
             return F.batch_norm_inference(x, params["gamma"], params["beta"], state["mean"], state["var"],
                                           eps=eps), state
+        m = math.prod(x.shape[:-1])
+        if m == 0:
+            raise ValueError(f"BatchNorm in training needs a non-empty batch, got x of shape {tuple(x.shape)}: "
+                             "batch statistics of zero values are undefined (and would turn the running "
+                             "statistics into NaN)")
         y, mean, var = F.batch_norm(x, params["gamma"], params["beta"], eps=eps)
-        m = x.size // x.shape[-1]
-        mean, var = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var * (m / max(m - 1, 1)))
+        # Running statistics stay float32 whatever the activation dtype (a float16 variance overflows at 65,504).
+        mean = jax.lax.stop_gradient(mean).astype(jnp.float32)
+        var = jax.lax.stop_gradient(var).astype(jnp.float32) * (m / max(m - 1, 1))
         new_state = {"mean": momentum * state["mean"] + (1 - momentum) * mean,
                      "var": momentum * state["var"] + (1 - momentum) * var}
         return y, new_state
@@ -193,8 +216,9 @@ def GlobalAvgPool() -> Layer:
 
 
 def Flatten() -> Layer:
-    """``(N, ...) -> (N, prod(...))`` (a reshape; its VJP is the inverse reshape)."""
-    return _stateless("Flatten", lambda x: x.reshape(x.shape[0], -1))
+    """``(N, ...) -> (N, prod(...))`` (a reshape; its VJP is the inverse reshape).
+    An empty batch (N = 0) gives an empty ``(0, prod(...))``."""
+    return _stateless("Flatten", lambda x: x.reshape(x.shape[0], math.prod(x.shape[1:])))
 
 
 Relu = lambda: _stateless("Relu", F.relu)                                    # noqa: E731
@@ -216,33 +240,90 @@ def activation(name: str) -> Layer:
 
 
 # ---------------------------------------------------------------- combinators
-def serial(*layers: Layer, name: str = "serial") -> Layer:
-    """Compose layers left to right. Params and state are tuples, one entry per
-    layer; ``key`` is split so every stochastic layer gets its own."""
+def _kind(layer: Layer) -> str:
+    """``"Conv2d(32, 3x3, ...)"`` -> ``"conv2d"``: the stem of an automatic layer name."""
+    return layer.name.split("(")[0].strip().lower().replace(" ", "_") or "layer"
+
+
+def _named(layers) -> tuple[tuple[str, Layer], ...]:
+    """Give every layer a name: ``(name, layer)`` pairs are kept, bare layers get
+    ``<kind><n>`` (``linear1``, ``relu2``: n counts layers of that kind)."""
+    named, counts = [], {}
+    for item in layers:
+        if isinstance(item, Layer):
+            kind = _kind(item)
+            counts[kind] = counts.get(kind, 0) + 1
+            named.append((f"{kind}{counts[kind]}", item))
+        elif (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
+              and isinstance(item[1], Layer)):
+            named.append(item)
+        else:
+            raise TypeError(f"serial takes layers or (name, layer) pairs, got {item!r}")
+    names = [n for n, _ in named]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"serial: layer names must be unique, got {dupes} more than once in {names}")
+    return tuple(named)
+
+
+def serial(*layers, name: str = "serial") -> Layer:
+    """Compose layers left to right.
+
+    Each argument is a :class:`Layer` or a ``(name, layer)`` pair; unnamed
+    layers are named ``<kind><n>`` (``linear1``, ``relu1``, ``linear2``).
+    Params and state are dicts keyed by those names; ``key`` is split so every
+    stochastic layer gets its own.
+    """
     if not layers:
         raise ValueError("serial needs at least one layer")
+    named = _named(layers)
+    names = [n for n, _ in named]
 
     def init(key, input_shape):
-        params, states, shape = [], [], tuple(input_shape)
-        for layer, k in zip(layers, jax.random.split(key, len(layers))):
-            p, s = layer.init(k, shape)
-            params.append(p)
-            states.append(s)
-            shape = output_shape(layer, p, s, shape)
-        return tuple(params), tuple(states)
+        params, states, shape = {}, {}, tuple(input_shape)
+        for (n, layer), k in zip(named, jax.random.split(key, len(named))):
+            params[n], states[n] = layer.init(k, shape)
+            shape = output_shape(layer, params[n], states[n], shape)
+        return params, states
 
     def apply(params, state, x, *, key=None, train=False):
-        if len(params) != len(layers) or len(state) != len(layers):
-            raise ValueError(f"{name}: params and state must hold one entry per layer ({len(layers)}), "
-                             f"got {len(params)} and {len(state)}; were they made by this model's init?")
-        keys = jax.random.split(key, len(layers)) if key is not None else [None] * len(layers)
-        new_states = []
-        for layer, p, s, k in zip(layers, params, state, keys):
-            x, s = layer.apply(p, s, x, key=k, train=train)
-            new_states.append(s)
-        return x, tuple(new_states)
+        return _run(params, state, x, key=key, train=train)[:2]
 
-    return Layer(init, apply, name, tuple(layers))
+    def _run(params, state, x, *, key=None, train=False, taps=None):
+        for what, tree in (("params", params), ("state", state)):
+            if not isinstance(tree, dict) or sorted(tree) != sorted(names):
+                got = sorted(tree) if isinstance(tree, dict) else type(tree).__name__
+                raise ValueError(f"{name}: {what} must hold one entry per layer, keyed {names}; got {got}. "
+                                 "Were they made by this model's init?")
+        keys = jax.random.split(key, len(named)) if key is not None else [None] * len(named)
+        new_states, acts = {}, {}
+        for (n, layer), k in zip(named, keys):
+            x, new_states[n] = layer.apply(params[n], state[n], x, key=k, train=train)
+            if taps is not None and n in taps:
+                x = x + taps[n]
+            acts[n] = x
+        return x, new_states, acts
+
+    return Layer(init, apply, name, named, _run)
+
+
+def intermediates(model: Layer, params, state, x, *, key=None, train=False, taps=None):
+    """Run a :func:`serial` model and also return every layer's output.
+
+    Returns ``(y, new_state, activations)`` with ``activations[name]`` the
+    output of layer ``name``. ``taps`` (optional) maps layer names to arrays
+    added to those outputs: with zero taps the result is unchanged, and
+    ``jax.grad`` with respect to a tap is the gradient of the loss with
+    respect to that layer's output (how ``experiments/init_schemes.py``
+    measures dL/dh per layer).
+    """
+    if model.run is None:
+        raise TypeError(f"intermediates needs a model built by serial, got {model.name!r}")
+    if taps is not None:
+        unknown = sorted(set(taps) - {n for n, _ in model.layers})
+        if unknown:
+            raise ValueError(f"taps names unknown layers {unknown}; layers are {[n for n, _ in model.layers]}")
+    return model.run(params, state, x, key=key, train=train, taps=taps)
 
 
 # ---------------------------------------------------------------- utilities
@@ -255,10 +336,13 @@ def summary(model: Layer, params, state, input_shape) -> str:
     """A table: layer, output shape, parameter count (one row per sub-layer of
     a ``serial`` model)."""
     rows, shape = [("input", str(tuple(input_shape)), "")], tuple(input_shape)
-    parts = zip(model.layers, params, state) if model.layers else [(model, params, state)]
-    for layer, p, s in parts:
+    if model.layers:
+        parts = [(f"{n}: {layer.name}", layer, params[n], state[n]) for n, layer in model.layers]
+    else:
+        parts = [(model.name, model, params, state)]
+    for title, layer, p, s in parts:
         shape = output_shape(layer, p, s, shape)
-        rows.append((layer.name, str(shape), f"{param_count(p):,}"))
+        rows.append((title, str(shape), f"{param_count(p):,}"))
     rows.append(("total", "", f"{param_count(params):,}"))
     head = ("layer", "output shape", "params")
     w = [max(len(r[i]) for r in rows + [head]) for i in range(3)]

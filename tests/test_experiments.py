@@ -3,7 +3,8 @@ in-process and must write ``results.json`` and its figures, with numbers that
 show the behaviour the script is about (not just that it ran).
 
 Scripts that need MNIST are skipped unless ``$JDLFS_DATA_DIR/mnist`` exists
-(CI sets ``JDLFS_DATA_DIR``). The quick configurations take ~3 s (xor) to
+(tests/conftest.py points it at ``../shared/data`` when that is beside the
+repository). The quick configurations take ~3 s (xor) to
 ~12 s (init_schemes) each on a 2-core CPU.
 """
 
@@ -12,6 +13,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,8 +63,17 @@ def test_help(name, capsys):
         load_script(name).main(["--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
-    for flag in ("--seed", "--data-dir", "--out", "--quick", "--no-progress"):
+    for flag in ("--seed", "--data-dir", "--out", "--quick", "--no-progress", "--devices"):
         assert flag in text
+    options = text[text.index("options:"):]
+    blocks = re.split(r"\n  (?=-)", options)[1:]                # one block per option
+    assert len(blocks) >= 7
+    for block in blocks:
+        flat = " ".join(block.split())
+        assert "(default: None)" not in flat and "(default: False)" not in flat, flat
+        assert flat.count("default") <= 1, f"default shown twice: {flat}"
+        words = re.sub(r"^-[^ ]*( [A-Z_]+)?(, -[^ ]*( [A-Z_]+)?)*", "", flat).strip()
+        assert words, f"option without a description: {flat}"
 
 
 def test_xor(tmp_path):
@@ -131,3 +144,27 @@ def test_mnist_mlp(tmp_path, data_dir):
     assert r["max_param_relative_difference"] < 1e-3          # 2 short epochs: rounding has not grown yet
     assert len(r["history"]) == r["epochs"] == 2
     assert_figures(tmp_path, "curves.png", "confusion.png")
+
+
+def test_missing_data_is_one_message_and_exit_status_2(tmp_path):
+    proc = subprocess.run([sys.executable, str(EXPERIMENTS / "lenet_mnist.py"), "--quick", "--no-progress",
+                           "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "--data-dir" in proc.stderr and "JDLFS_DATA_DIR" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) < 40
+
+
+def test_a_stopped_run_resumes_where_it_stopped(tmp_path, data_dir):
+    """mnist_mlp --quick for 1 epoch, then the same --out for 2: the second run
+    continues from the checkpoint and ends exactly where a straight 2-epoch run ends."""
+    common = ("--no-autodiff-baseline",)
+    first = run_quick("mnist_mlp", tmp_path / "a", data_dir, "--epochs", "1", *common)
+    assert first["status"] == "finished" and len(first["history"]) == 1
+    resumed = run_quick("mnist_mlp", tmp_path / "a", data_dir, "--epochs", "2", *common)
+    straight = run_quick("mnist_mlp", tmp_path / "b", data_dir, "--epochs", "2", *common)
+    assert resumed["resumed"] is True
+    assert resumed["history"][0] == first["history"][0]            # epoch 1 was not trained again
+    assert resumed["test_accuracy"] == straight["test_accuracy"]
+    assert resumed["history"][1]["train_loss"] == straight["history"][1]["train_loss"]

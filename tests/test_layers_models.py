@@ -107,6 +107,7 @@ def test_conv_layer_impls_agree():
     (L.serial(L.Conv2d(4, 3, stride=2), L.BatchNorm(), L.Relu(), L.AvgPool2d(2, 1), L.Flatten(),
               L.LayerNorm(), L.Dropout(0.3), L.Linear(5), name="mixed"), (3, 9, 9, 2)),
 ])
+@pytest.mark.x64
 def test_training_gradients_are_hand_written_and_equal_autodiff(model, shape):
     """The gradient of a model's loss uses the custom rules and equals plain
     autodiff of the same forward (float64)."""
@@ -149,3 +150,71 @@ def test_unknown_initializer_and_activation():
         init.get("orthogonal_magic")
     with pytest.raises(ValueError, match="unknown activation"):
         L.activation("swishy")
+
+
+# ---------------------------------------------------------------- names, intermediates
+def test_layers_have_names_not_positions():
+    params, state = models.cifar_cnn().init(KEY, (1, 32, 32, 3))
+    assert {"conv1", "bn1", "conv2", "conv3", "fc1", "fc2", "dropout"} <= set(params)
+    assert params["conv1"]["w"].shape == (3, 3, 3, 32) and state["bn2"]["var"].shape == (64,)
+    auto = L.serial(L.Linear(4), L.Relu(), L.Linear(2), L.Relu())
+    p, _ = auto.init(KEY, (1, 3))
+    assert list(p) == ["linear1", "relu1", "linear2", "relu2"]
+    p, _ = L.serial(("enc", L.Linear(4)), L.Relu(), ("head", L.Linear(2))).init(KEY, (1, 3))
+    assert list(p) == ["enc", "relu1", "head"]
+    with pytest.raises(ValueError, match="unique"):
+        L.serial(("a", L.Linear(4)), ("a", L.Linear(2)))
+    with pytest.raises(TypeError, match="layers or \\(name, layer\\) pairs"):
+        L.serial("relu")
+
+
+def test_intermediates_and_taps_give_activation_gradients():
+    model = models.mlp((6, 5, 4, 3))
+    params, state = model.init(KEY, (1, 6))
+    x = jax.random.normal(KEY, (7, 6))
+    y, _, acts = L.intermediates(model, params, state, x)
+    np.testing.assert_array_equal(y, model.apply(params, state, x)[0])
+    assert list(acts) == ["fc1", "relu1", "fc2", "relu2", "fc3"]
+    np.testing.assert_array_equal(acts["fc3"], y)
+
+    def loss(taps):
+        out, _, _ = L.intermediates(model, params, state, x, taps=taps)
+        return jnp.sum(jnp.sin(out))
+
+    g = jax.grad(loss)({"relu2": jnp.zeros((7, 4))})["relu2"]
+    h2 = acts["relu2"]                                   # by hand: d/dh2 sum(sin(h2 W3 + b3))
+    expected = jnp.cos(h2 @ params["fc3"]["w"] + params["fc3"]["b"]) @ params["fc3"]["w"].T
+    np.testing.assert_allclose(g, expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown layers"):
+        L.intermediates(model, params, state, x, taps={"relu9": 0.0})
+    with pytest.raises(TypeError, match="built by serial"):
+        L.intermediates(L.Relu(), {}, {}, x)
+
+
+# ---------------------------------------------------------------- dtypes and empty batches
+def test_batchnorm_running_statistics_stay_float32_for_float16_activations():
+    bn = L.BatchNorm(momentum=0.9)
+    params, state = bn.init(KEY, (1, 8))
+    params = jax.tree.map(lambda a: a.astype(jnp.float16), params)
+    x = (1000.0 * jax.random.normal(KEY, (64, 8))).astype(jnp.float16)     # variance ~1e6 > float16 max
+    _, new = bn.apply(params, state, x, train=True)
+    assert new["mean"].dtype == new["var"].dtype == jnp.float32
+    assert np.all(np.isfinite(new["var"]))
+    ref = 0.9 + 0.1 * np.var(np.asarray(x, np.float64), axis=0) * 64 / 63
+    np.testing.assert_allclose(new["var"], ref, rtol=2e-3)
+
+
+@pytest.mark.parametrize("make, shape", [(models.lenet, (0, 28, 28, 1)), (models.cifar_cnn, (0, 32, 32, 3)),
+                                         (lambda: models.mlp((5, 3)), (0, 5))])
+def test_empty_batch_evaluates_to_empty_logits(make, shape):
+    model = make()
+    params, state = model.init(KEY, (1,) + shape[1:])
+    y, _ = model.apply(params, state, jnp.zeros(shape, jnp.float32))
+    assert y.shape[0] == 0
+
+
+def test_batchnorm_refuses_to_train_on_an_empty_batch():
+    model = models.cifar_cnn()
+    params, state = model.init(KEY, (1, 32, 32, 3))
+    with pytest.raises(ValueError, match="non-empty batch"):
+        model.apply(params, state, jnp.zeros((0, 32, 32, 3)), key=KEY, train=True)
