@@ -708,47 +708,64 @@ def test_batches_cover_epoch_once(to_jax):
     x, y = _toy()
     if to_jax:
         x, y = jnp.asarray(x), jnp.asarray(y)
-    full = list(data.batches(jax.random.key(3), x, y, 5, drop_remainder=False))
+    full = list(data.batches(jax.random.key(3), (x, y), 5, drop_remainder=False))
     assert [len(b[1]) for b in full] == [5, 5, 5, 5, 3]
     seen = np.concatenate([np.asarray(b[1]) for b in full])
     assert sorted(seen.tolist()) == list(range(23))
     for bx, by in full:
         np.testing.assert_array_equal(np.asarray(bx), np.asarray(x)[np.asarray(by)])
-    dropped = list(data.batches(jax.random.key(3), x, y, 5))
+    dropped = list(data.batches(jax.random.key(3), (x, y), 5))
     assert [len(b[1]) for b in dropped] == [5, 5, 5, 5]
     np.testing.assert_array_equal(np.concatenate([np.asarray(b[1]) for b in dropped]), seen[:20])
-    other = np.concatenate([np.asarray(b[1]) for b in data.batches(jax.random.key(4), x, y, 5)])
+    other = np.concatenate([np.asarray(b[1]) for b in data.batches(jax.random.key(4), (x, y), 5)])
     assert not np.array_equal(other, seen[:20])
-    ordered = np.concatenate([np.asarray(b[1]) for b in data.batches(None, x, y, 5, drop_remainder=False)])
+    ordered = np.concatenate([np.asarray(b[1]) for b in data.batches(None, (x, y), 5, drop_remainder=False)])
     np.testing.assert_array_equal(ordered, np.arange(23))
     with pytest.raises(ValueError, match="batch_size"):
-        next(data.batches(None, x, y, 0))
+        next(data.batches(None, (x, y), 0))
 
 
 def test_epoch_arrays_shapes_and_determinism():
     x, y = _toy()
     xd, yd = jax.device_put(x), jax.device_put(y)
-    bx, by = data.epoch_arrays(jax.random.key(5), xd, yd, 4)
+    bx, by = data.epoch_arrays(jax.random.key(5), (xd, yd), 4)
     assert bx.shape == (5, 4, 2, 2, 1) and bx.dtype == jnp.uint8
     assert by.shape == (5, 4) and by.dtype == jnp.int32
     flat = np.asarray(by).ravel()
     assert len(set(flat.tolist())) == 20  # each example at most once, 20 used
     np.testing.assert_array_equal(np.asarray(bx).reshape(20, 2, 2, 1), x[flat])
-    bx2, by2 = data.epoch_arrays(jax.random.key(5), x, y, 4)  # numpy input works too
+    bx2, by2 = data.epoch_arrays(jax.random.key(5), (x, y), 4)  # numpy input works too
     np.testing.assert_array_equal(np.asarray(by2), np.asarray(by))
-    _, by3 = data.epoch_arrays(jax.random.key(6), xd, yd, 4)
+    _, by3 = data.epoch_arrays(jax.random.key(6), (xd, yd), 4)
     assert not np.array_equal(np.asarray(by3), np.asarray(by))
-    _, unshuffled = data.epoch_arrays(None, xd, yd, 4)
+    _, unshuffled = data.epoch_arrays(None, (xd, yd), 4)
     np.testing.assert_array_equal(np.asarray(unshuffled).ravel(), np.arange(20))
     # Usable inside a jitted training epoch with a traced key.
     def epoch_sum(key, images, labels):
-        xb, yb = data.epoch_arrays(key, images, labels, 4)
+        xb, yb = data.epoch_arrays(key, (images, labels), 4)
         total, _ = jax.lax.scan(lambda c, b: (c + b[1].sum(), None), 0, (xb, yb))
         return total
 
     assert int(jax.jit(epoch_sum)(jax.random.key(5), xd, yd)) == int(flat.sum())
     with pytest.raises(ValueError, match="batch_size must be in 1..23"):
-        data.epoch_arrays(jax.random.key(0), xd, yd, 24)
+        data.epoch_arrays(jax.random.key(0), (xd, yd), 24)
+
+
+def test_batches_and_epoch_arrays_take_any_batch_pytree():
+    x, y = _toy()
+    tree = {"image": x, "label": y, "pair": (y, y * 2)}
+    got = list(data.batches(jax.random.key(3), tree, 5))
+    assert len(got) == 4 and set(got[0]) == {"image", "label", "pair"}
+    for b in got:
+        np.testing.assert_array_equal(b["image"], x[b["label"]])
+        np.testing.assert_array_equal(b["pair"][1], 2 * b["label"])
+    stacked = data.epoch_arrays(jax.random.key(3), tree, 5)
+    assert stacked["image"].shape == (4, 5, 2, 2, 1) and stacked["pair"][0].shape == (4, 5)
+    np.testing.assert_array_equal(np.asarray(stacked["pair"][1]), 2 * np.asarray(stacked["label"]))
+    single = data.epoch_arrays(None, jnp.asarray(y), 5)              # a single array is a pytree too
+    np.testing.assert_array_equal(np.asarray(single), y[:20].reshape(4, 5))
+    with pytest.raises(ValueError, match="leading dimension"):
+        next(data.batches(None, (x, y[:-1]), 5))
 
 
 def test_train_val_split():

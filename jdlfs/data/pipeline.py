@@ -15,7 +15,7 @@ Typical use::
         return step(params, norm.apply(x), y), None
 
     for epoch in range(epochs):
-        xb, yb = epoch_arrays(jax.random.fold_in(k_data, epoch), x_tr, y_tr, 128)
+        xb, yb = epoch_arrays(jax.random.fold_in(k_data, epoch), (x_tr, y_tr), 128)
         params, _ = jax.lax.scan(body, params, (xb, yb))
 
 Keeping images uint8 on the device and normalising each batch inside the
@@ -143,30 +143,39 @@ def shuffle(key: jax.Array, *arrays: ArrayLike) -> tuple[ArrayLike, ...]:
     return tuple(_take(a, perm) for a in arrays)
 
 
+def _tree_length(data, name: str = "data") -> int:
+    """Common leading dimension of every array in the pytree ``data``."""
+    leaves = jax.tree.leaves(data)
+    if not leaves:
+        raise ValueError(f"{name} holds no arrays")
+    return _length(tuple(leaves))
+
+
 def batches(
     key: jax.Array | None,
-    images: ArrayLike,
-    labels: ArrayLike,
+    data: Any,
     batch_size: int,
     *,
     drop_remainder: bool = True,
-) -> Iterator[tuple[ArrayLike, ArrayLike]]:
+) -> Iterator[Any]:
     """Iterate over one epoch in minibatches.
 
     Args:
       key: ``jax.random`` key fixing the order, or ``None`` for the stored
         order (evaluation).
-      images: ``(N, ...)``; labels: ``(N,)``; numpy or jax.
+      data: a batch pytree of arrays sharing their leading dimension ``N``
+        (e.g. ``(images, labels)``, ``{"src": ..., "tgt": ...}``, or one
+        array); numpy or jax.
       batch_size: examples per batch (> 0).
       drop_remainder: drop the last ``N % batch_size`` examples (so every
         batch has the same shape) instead of yielding a smaller last batch.
 
     Yields:
-      ``(images_batch, labels_batch)`` of shapes ``(B, ...)``, ``(B,)``, of
-      the input's array type; each example appears at most once per epoch
-      (exactly once unless dropped as remainder).
+      pytrees of the structure of ``data`` whose arrays have leading
+      dimension ``B``, of the input's array type; each example appears at
+      most once per epoch (exactly once unless dropped as remainder).
     """
-    n = _length((images, labels))
+    n = _tree_length(data)
     if int(batch_size) != batch_size or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     stop = n - n % batch_size if drop_remainder else n
@@ -174,52 +183,49 @@ def batches(
     for start in range(0, stop, batch_size):
         end = min(start + batch_size, stop)
         if order is None:
-            yield images[start:end], labels[start:end]
+            yield jax.tree.map(lambda a, s=start, e=end: a[s:e], data)
         else:
             idx = order[start:end]
-            yield _take(images, idx), _take(labels, idx)
+            yield jax.tree.map(lambda a, i=idx: _take(a, i), data)
 
 
 @functools.partial(jax.jit, static_argnames=("batch_size",))
-def epoch_arrays(
-    key: jax.Array | None, images: ArrayLike, labels: ArrayLike, batch_size: int
-) -> tuple[jax.Array, jax.Array]:
+def epoch_arrays(key: jax.Array | None, data: Any, batch_size: int) -> Any:
     """One shuffled epoch as stacked batches, ready for ``lax.scan``.
 
     One permutation, one gather, one reshape, jitted (``batch_size`` is static;
     each new ``N`` / ``batch_size`` compiles once). Pass arrays that already
     live on the device (``jax.device_put`` once) to avoid a host-to-device copy
-    per epoch.
+    per epoch. (:func:`jdlfs.train.fit` does not scan its epoch -- XLA:CPU's
+    convolutions are far slower inside a while loop -- but gathers each batch
+    inside its step; this is for models where a scan measures faster.)
 
     Args:
       key: ``jax.random`` key for the order, or ``None`` for the stored order.
-      images: ``(N, ...)``, any dtype (keep uint8 and normalise per batch).
-      labels: ``(N,)``.
+      data: a batch pytree of arrays ``(N, ...)`` (e.g. ``(images, labels)``),
+        any dtype (keep uint8 and normalise per batch).
       batch_size: examples per batch; ``N % batch_size`` examples (a different
         random subset each epoch) are dropped.
 
     Returns:
-      ``(images, labels)`` jax arrays of shapes ``(N // batch_size, batch_size,
-      ...)`` and ``(N // batch_size, batch_size)``, same dtypes as the inputs.
+      The pytree of ``data`` with every array reshaped to ``(N // batch_size,
+      batch_size, ...)``, same dtypes as the inputs.
 
     Raises:
       ValueError: mismatched leading dimensions, or ``batch_size`` not in
         ``1..N``.
     """
-    n = _length((images, labels))
+    n = _tree_length(data)
     if batch_size <= 0 or batch_size > n:
         raise ValueError(f"batch_size must be in 1..{n} (the number of examples), got {batch_size}")
     num_batches = n // batch_size
     used = num_batches * batch_size
     if key is None:
-        x, y = images[:used], labels[:used]
+        picked = jax.tree.map(lambda a: a[:used], data)
     else:
         idx = jax.random.permutation(key, n)[:used]
-        x, y = jnp.take(images, idx, axis=0), jnp.take(labels, idx, axis=0)
-    return (
-        x.reshape(num_batches, batch_size, *images.shape[1:]),
-        y.reshape(num_batches, batch_size, *labels.shape[1:]),
-    )
+        picked = jax.tree.map(lambda a: jnp.take(a, idx, axis=0), data)
+    return jax.tree.map(lambda a: a.reshape(num_batches, batch_size, *a.shape[1:]), picked)
 
 
 def train_val_split(
