@@ -461,12 +461,15 @@ def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str]
 
 
 def load_dataset(args: argparse.Namespace, name: str, *, quick_train: int = 4096, quick_test: int = 1000):
-    """Train and test split of dataset ``name`` from ``--data-dir``; with ``--quick``, their first examples.
+    """Train and test split of dataset ``name`` from ``--data-dir``; with ``--quick``, a fixed random subset.
 
     Returns:
       ``(x_train, y_train, x_test, y_test)``: numpy arrays as
       :func:`jdlfs.data.load` returns them (images uint8 NHWC, labels int32);
-      with ``--quick`` the first ``quick_train`` / ``quick_test`` examples.
+      with ``--quick`` ``quick_train`` / ``quick_test`` examples drawn by a
+      fixed permutation (not the first ones: an image-folder copy such as
+      CIFAR-10's JPEG zip is stored sorted by class, so its first examples
+      are all one class). The subset is the same for every ``--seed``.
 
     Raises:
       DatasetNotFoundError, DataFormatError: as :func:`jdlfs.data.load`
@@ -475,8 +478,10 @@ def load_dataset(args: argparse.Namespace, name: str, *, quick_train: int = 4096
     x_train, y_train = data.load(name, "train", data_dir=args.data_dir)
     x_test, y_test = data.load(name, "test", data_dir=args.data_dir)
     if args.quick:
-        x_train, y_train = x_train[:quick_train], y_train[:quick_train]
-        x_test, y_test = x_test[:quick_test], y_test[:quick_test]
+        rng = np.random.default_rng(0)
+        tr = np.sort(rng.permutation(len(y_train))[:quick_train])
+        te = np.sort(rng.permutation(len(y_test))[:quick_test])
+        x_train, y_train, x_test, y_test = x_train[tr], y_train[tr], x_test[te], y_test[te]
     return x_train, y_train, x_test, y_test
 
 

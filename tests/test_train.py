@@ -167,6 +167,12 @@ def test_frozen_parameters_stay_bit_identical():
     assert not np.array_equal(r.params["fc2"]["w"], params["fc2"]["w"])
 
 
+def test_on_epoch_sees_every_record():
+    seen = []
+    r = _fit(3, on_epoch=seen.append)
+    assert seen == r.history
+
+
 def test_eval_every_and_log_every_build_a_curve():
     r = _fit(2, eval_every=8, log_every=4)
     steps = [c["step"] for c in r.curve]

@@ -29,6 +29,7 @@ Modules: :mod:`~jdlfs.data.loader` (``load``), :mod:`~jdlfs.data.sources`
 :mod:`~jdlfs.data.cache` (the ``.npz`` cache), :mod:`~jdlfs.data.pipeline`.
 """
 
+from jdlfs.data.augment import crop_and_flip, random_crop, random_flip
 from jdlfs.data.cifar import CIFAR10_CLASSES
 from jdlfs.data.errors import DataFormatError, DatasetNotFoundError
 from jdlfs.data.loader import load
@@ -44,9 +45,12 @@ __all__ = [
     "DatasetInfo",
     "Normalizer",
     "batches",
+    "crop_and_flip",
     "epoch_arrays",
     "fit_normalizer",
     "load",
+    "random_crop",
+    "random_flip",
     "shuffle",
     "train_val_split",
 ]

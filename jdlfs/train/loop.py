@@ -214,7 +214,7 @@ def fit(task, params, state, optimizer: optax.GradientTransformation, train_data
         eval_batch_size: int = 1000, eval_every: int | None = None, log_every: int | None = None,
         num_classes: int | None = None, preprocess: Callable | None = None,
         checkpoint: str | os.PathLike | None = None, devices=None, shuffle: bool = True,
-        progress: bool = True, desc: str = "train") -> FitResult:
+        progress: bool = True, desc: str = "train", on_epoch: Callable[[dict], None] | None = None) -> FitResult:
     """Train for ``epochs`` epochs over ``train_data`` (a pytree of arrays with
     a leading example axis, e.g. ``(images, labels)``).
 
@@ -242,6 +242,8 @@ def fit(task, params, state, optimizer: optax.GradientTransformation, train_data
         finds a checkpoint there resumes after its last epoch, bit-identical
         to an uninterrupted run. A checkpoint of another model, optimizer,
         key, batch size or dataset size is refused with an error.
+      on_epoch: called with each epoch's history record (after its
+        evaluation and checkpoint), e.g. to log one line per epoch.
       devices: ``None`` (all devices), a count, or a list: data parallelism
         over a 1-D mesh (:mod:`jdlfs.train.parallel`); ``batch_size`` must be
         divisible by the device count.
@@ -341,6 +343,8 @@ def fit(task, params, state, optimizer: optax.GradientTransformation, train_data
         if checkpoint is not None:
             ckpt.save(checkpoint, ts, metadata={"epoch": epoch + 1, "history": history, "curve": curve,
                                                 "run": fingerprint})
+        if on_epoch is not None:
+            on_epoch(record)
     bar.close()
     if test_metrics is None and evaluator is not None:                    # resumed after the last epoch
         test_metrics = summarize(evaluator(ts.params, ts.state))

@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -147,6 +148,7 @@ def classification(model, *, num_classes: int | None = None, preprocess: Callabl
 
     def _logits(params, state, inputs, key, train):
         logits, new_state = apply(params, state, prep(inputs), key=key, train=train)
+        chex.assert_rank(logits, 2, custom_message="classification expects the model to output logits (B, K)")
         if num_classes is not None and logits.shape[-1] != num_classes:
             raise ValueError(f"the model outputs {logits.shape[-1]} logits but num_classes={num_classes}")
         return logits, new_state
@@ -202,9 +204,9 @@ def sequence(model, *, pad_id: int | None = None, label_smoothing: float = 0.0,
     def _run(params, state, batch, key, train, weights, smoothing):
         inputs, labels = batch
         logits, new_state = apply(params, state, prep(inputs), key=key, train=train)
-        if logits.shape[:-1] != labels.shape:
-            raise ValueError(f"logits {tuple(logits.shape)} do not match labels {tuple(labels.shape)}: "
-                             "expected logits (B, T, V) for labels (B, T)")
+        chex.assert_rank([logits, labels], [3, 2], custom_message="sequence expects logits (B, T, V), labels (B, T)")
+        chex.assert_equal_shape_prefix([logits, labels], 2,
+                                       custom_message="sequence: logits (B, T, V) must match labels (B, T)")
         mask = jnp.ones(labels.shape, jnp.float32)
         if pad_id is not None:
             mask = mask * (labels != pad_id)
