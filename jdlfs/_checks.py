@@ -57,6 +57,44 @@ def int_array(name: str, x, *, min_rank: int | None = None, rank: int | None = N
     return jnp.asarray(x)
 
 
+def index_array(name: str, x, size: int, *, out_of_range: str, rank: int | None = None,
+                min_rank: int | None = None, layout: str | None = None):
+    """Integer ids/labels/indices of any width into ``[0, size)`` -> an int32 JAX array.
+
+    Every integer dtype (int8..int64, uint8..uint64) gives exactly what int32
+    ids of the same values give: bounds are compared in ``x``'s own dtype
+    (``size - 1`` is capped at the dtype's maximum, so it never wraps) and the
+    ids are converted to int32 only once they are known to lie in range.
+    Values outside ``[0, size)``:
+
+    * ``out_of_range="clip"``: the nearest edge (-1 -> 0, ``size + 3`` -> ``size - 1``);
+    * ``out_of_range="drop"``: -1, which matches no class (an all-zero one-hot).
+
+    A NumPy array (or list) is mapped in NumPy before it reaches JAX, so 64-bit
+    ids stay exact with 64-bit mode off (JAX would otherwise wrap ``2**32 + 5``
+    to 5 on conversion).
+    """
+    if not hasattr(x, "dtype"):
+        x = np.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.integer):
+        raise TypeError(f"{name} must have an integer dtype, got {_describe(x)}")
+    _check_rank(name, x, rank, min_rank, layout)
+    if size < 1:
+        raise ValueError(f"{name} index an axis of size {size}; it must hold at least one entry")
+    if size - 1 > np.iinfo(np.int32).max:
+        raise ValueError(f"{name} index an axis of size {size}, larger than int32 indexing supports")
+    xp = np if isinstance(x, (np.ndarray, np.generic)) else jnp
+    dt = np.dtype(x.dtype)
+    zero, top = dt.type(0), dt.type(min(size - 1, int(np.iinfo(dt).max)))   # both fit x's dtype
+    if out_of_range == "clip":
+        out = xp.clip(x, zero, top).astype(np.int32)
+    elif out_of_range == "drop":
+        out = xp.where((x >= zero) & (x <= top), x.astype(np.int32), np.int32(-1))
+    else:
+        raise ValueError(f"out_of_range must be 'clip' or 'drop', got {out_of_range!r}")
+    return jnp.asarray(out, jnp.int32)
+
+
 def _check_rank(name, x, rank, min_rank, layout):
     lay = f" {layout}" if layout else ""
     if rank is not None and x.ndim != rank:
@@ -105,6 +143,23 @@ def static_float(name: str, v) -> float:
                     f"(a traced value cannot be used: pass it as a constant, not through jit/grad arguments)")
 
 
+def static_bool(name: str, v) -> bool:
+    """A non-differentiable on/off configuration value (deterministic, approximate).
+
+    It selects which computation runs, so it must be known when the op is
+    traced: a traced value is refused with a clear message (rather than JAX's
+    generic TracerBoolConversionError)."""
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, jax.core.Tracer):
+        raise TypeError(f"{name} is static configuration and must be a Python bool (a Python constant), got a "
+                        f"traced {type(v).__name__} (a traced value cannot be used: pass it as a constant, e.g. "
+                        f"via static_argnums / static_argnames of jit, not as a jit/grad/vmap argument)")
+    if getattr(v, "shape", None) == () and getattr(v, "dtype", None) == np.bool_:
+        return bool(v)
+    raise TypeError(f"{name} must be a Python bool, got {v!r}")
+
+
 def static_pair(name: str, v, *, minimum: int = 1) -> tuple[int, int]:
     """An int or a pair of ints, e.g. ``stride=2`` or ``stride=(2, 1)``."""
     if isinstance(v, (tuple, list)):
@@ -115,4 +170,5 @@ def static_pair(name: str, v, *, minimum: int = 1) -> tuple[int, int]:
     return v, v
 
 
-__all__ = ["float_array", "int_array", "same_dtype", "shape_is", "static_int", "static_pair"]
+__all__ = ["float_array", "int_array", "index_array", "same_dtype", "shape_is", "static_bool", "static_float",
+           "static_int", "static_pair"]

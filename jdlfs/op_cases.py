@@ -14,9 +14,9 @@ gives pooling inputs all-different values.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -60,6 +60,25 @@ def _distinct(rng, dtype, *shape):
 
 def _ints(rng, high, *shape):
     return rng.integers(0, high, size=shape).astype(np.int32)
+
+
+INT_DTYPES = (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64)
+
+
+def _rows(dtype) -> int:
+    """Table rows / tokens / classes for ids of ``dtype``: more than the dtype
+    holds for 8/16-bit ids (a bound or iota cast to the ids' dtype would wrap:
+    300 > 255, 65539 > 65535), small for 32/64-bit ids (huge ids test those)."""
+    return 65539 if np.dtype(dtype).itemsize == 2 else 300
+
+
+def _id_values(dtype) -> list[int]:
+    """Ids that trip dtype handling: in range, at the edges of the axis and of
+    the dtype, above int32/uint32 max (must stay out of range), negative."""
+    info = np.iinfo(dtype)
+    candidates = [0, 1, 127, 255, 256, 299, 300, 32767, 65535, 65538, 65539, 2**31 + 5, 2**32 + 5, 2**63 + 5,
+                  -1, -129, -2**40, int(info.max), int(info.min)]
+    return sorted({v for v in candidates if info.min <= v <= info.max})
 
 
 # ---------------------------------------------------------------- reference forwards
@@ -112,8 +131,9 @@ def _ref_xent(logits, labels, mask=None, smoothing=0.0):
 
 def _ref_batch_norm(x, gamma, beta, eps=1e-5):
     axes = tuple(range(x.ndim - 1))
-    mean, var = jnp.mean(x, axes), jnp.var(x, axes)
-    return (x - mean) / jnp.sqrt(var + eps) * gamma + beta, mean, var
+    xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))     # statistics returned in float32 or wider
+    mean, var = jnp.mean(xf, axes), jnp.var(xf, axes)
+    return ((xf - mean) / jnp.sqrt(var + eps) * gamma + beta).astype(x.dtype), mean, var
 
 
 def _ref_layer_norm(x, gamma, beta, eps=1e-5):
@@ -291,6 +311,42 @@ def _cases() -> list[OpCase]:
     add("take_tokens", "x(2,9,5) idx(2,4) repeated", F.take_tokens,
         lambda r, d: (_normal(r, d, 2, 9, 5), np.array([[0, 3, 3, 8], [7, 1, 2, 1]], np.int32)),
         lambda x, i: jnp.einsum("nkl,nld->nkd", jax.nn.one_hot(i, x.shape[1], dtype=x.dtype), x))
+
+    # integer ids / labels of every width give exactly the int32 result (clip / drop in
+    # range); one case per op covers all eight dtypes, each id list padded to one length.
+    # The references index with the expected int32 ids, computed from Python ints.
+    values = [_id_values(dt) for dt in INT_DTYPES]
+    width = max(map(len, values))
+    values = [v + [v[-1]] * (width - len(v)) for v in values]
+    ids = [np.array(v, dt) for v, dt in zip(values, INT_DTYPES)]
+    big = _rows(np.int16)
+    clipped = [np.array([min(max(i, 0), big - 1) for i in v], np.int32) for v in values]
+    add("embedding", f"table({big},2) ids({width},) of 8 integer dtypes int8..uint64 (edges, out of range)",
+        lambda t, *ids: tuple(F.embedding(t, i) for i in ids),
+        lambda r, d: (_normal(r, d, big, 2), *ids),
+        lambda t, *ids: tuple(jnp.take(t, c, axis=0) for c in clipped))
+    add("take_tokens", f"x(1,{big},2) idx(1,{width}) of 8 integer dtypes int8..uint64 (edges, out of range)",
+        lambda x, *ids: tuple(F.take_tokens(x, i) for i in ids),
+        lambda r, d: (_normal(r, d, 1, big, 2), *(i[None] for i in ids)),
+        lambda x, *ids: tuple(x[:, c] for c in clipped))
+    # Classes: 65539 for 16-bit labels, 300 for the others (``_rows``); logits of each
+    # size stacked in one argument, row j for the j-th dtype of that size.
+    wide = [np.dtype(dt).itemsize == 2 for dt in INT_DTYPES]
+    slot = [sum(w == wj for w in wide[:j]) for j, wj in enumerate(wide)]
+    dropped = [np.array([i if 0 <= i < _rows(dt) else -1 for i in v], np.int32) for v, dt in zip(values, INT_DTYPES)]
+
+    def xent_all(z_small, z_big, *labels, ref=False):
+        zs = [(z_big if w else z_small)[k] for w, k in zip(wide, slot)]
+        if ref:
+            return tuple(_ref_xent(z, c) for z, c in zip(zs, dropped))
+        return tuple(F.softmax_cross_entropy(z, y) for z, y in zip(zs, labels))
+
+    add("softmax_cross_entropy",
+        f"labels({width},) of 8 integer dtypes int8..uint64, K=300 (K={big} for 16-bit) (edges, out of range)",
+        xent_all,
+        lambda r, d: (_normal(r, d, len(wide) - sum(wide), width, _rows(np.int8)),
+                      _normal(r, d, sum(wide), width, big), *ids),
+        partial(xent_all, ref=True))
     return cases
 
 

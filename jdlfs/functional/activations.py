@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .._checks import float_array, static_float
+from .._checks import float_array, static_bool, static_float
 
 
 # ---------------------------------------------------------------- relu
@@ -162,10 +162,14 @@ _gelu.defvjp(_gelu_fwd, _gelu_bwd)
 def gelu(x, approximate: bool = False):
     """Gaussian error linear unit ``x Phi(x)`` (``approximate=True``: the tanh form).
 
-    Exact derivative ``Phi(x) + x phi(x)``; the tanh form's derivative is in the
-    module table.
+    The default is the *exact* erf form, as PyTorch's ``nn.GELU()``; note that
+    ``jax.nn.gelu`` and Flax's ``nn.gelu`` default to the tanh approximation
+    (``approximate=True``): pass it explicitly when matching them (the two
+    differ by up to ~5e-4). ``approximate`` is a static Python bool (a traced
+    value is refused). Exact derivative ``Phi(x) + x phi(x)``; the tanh form's
+    derivative is in the module table.
     """
-    return _gelu(float_array("x", x), bool(approximate))
+    return _gelu(float_array("x", x), static_bool("approximate", approximate))
 
 
 # ---------------------------------------------------------------- step

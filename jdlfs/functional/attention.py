@@ -16,33 +16,38 @@ Fully masked rows (a query that may attend to nothing) are *defined* to output
 zeros, with zero weights and zero gradient — not NaN (0/0 of a naive softmax)
 and not a uniform average over forbidden keys (what a large negative fill
 gives). The max-shift uses 0 for such rows and the normaliser 1.
+
+Precision: the softmax normaliser sum_k exp(s_k - m) and the backward's row
+sums sum_k dp p are accumulated in float32 for float16/bfloat16 inputs
+(``_precision``); the weights are returned in the inputs' dtype. At least one
+key is required (Tk >= 1): a softmax over nothing is refused, not NaN.
 """
 
 from __future__ import annotations
 
 import math
-from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .._checks import float_array, same_dtype, static_int
+from ._precision import upcast
 
 
 def _weights(q, k, mask):
     scale = 1.0 / math.sqrt(q.shape[-1])
-    s = jnp.matmul(q, jnp.swapaxes(k, -1, -2)) * scale                # (..., Tq, Tk)
+    s = upcast(jnp.matmul(q, jnp.swapaxes(k, -1, -2)) * scale)        # (..., Tq, Tk), float32+
     if mask is None:
         m = jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True))
         e = jnp.exp(s - m)
-        return e / jnp.sum(e, axis=-1, keepdims=True)
+        return (e / jnp.sum(e, axis=-1, keepdims=True)).astype(q.dtype)
     s = jnp.where(mask, s, -jnp.inf)
     m = jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True))
     m = jnp.where(jnp.isfinite(m), m, 0)                                # fully masked row -> 0
     e = jnp.where(mask, jnp.exp(s - m), 0)
     z = jnp.sum(e, axis=-1, keepdims=True)
-    return e / jnp.where(z > 0, z, 1)                                   # fully masked row -> 0s
+    return (e / jnp.where(z > 0, z, 1)).astype(q.dtype)                 # fully masked row -> 0s
 
 
 def _attention_forward(q, k, v, mask):
@@ -65,8 +70,9 @@ def _attention_bwd(res, cts):
     g, gp = cts
     scale = 1.0 / math.sqrt(q.shape[-1])
     dv = jnp.matmul(jnp.swapaxes(p, -1, -2), g)                         # (..., Tk, dv)
-    dp = jnp.matmul(g, jnp.swapaxes(v, -1, -2)) + gp                    # (..., Tq, Tk)
-    ds = p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True))             # (..., Tq, Tk)
+    dp = upcast(jnp.matmul(g, jnp.swapaxes(v, -1, -2)) + gp)           # (..., Tq, Tk), float32+
+    pa = upcast(p)
+    ds = (pa * (dp - jnp.sum(dp * pa, axis=-1, keepdims=True))).astype(q.dtype)   # (..., Tq, Tk)
     dq = jnp.matmul(ds, k) * scale                                      # (..., Tq, d)
     dk = jnp.matmul(jnp.swapaxes(ds, -1, -2), q) * scale                # (..., Tk, d)
     return dq, dk, dv, None
@@ -80,7 +86,7 @@ def attention(q, k, v, *, mask=None, return_weights: bool = False):
 
     Args:
       q: ``(..., Tq, d)``; k: ``(..., Tk, d)``; v: ``(..., Tk, dv)`` — the
-        leading (batch/head) axes must be equal.
+        leading (batch/head) axes must be equal; ``Tk >= 1`` and ``d >= 1``.
       mask: optional bool, broadcastable to ``(..., Tq, Tk)``; True = may attend.
         A fully masked query row outputs zeros (module docstring).
       return_weights: also return the attention weights ``(..., Tq, Tk)``
@@ -98,6 +104,12 @@ def attention(q, k, v, *, mask=None, return_weights: bool = False):
         raise ValueError(f"q, k, v must share their leading axes, got {q.shape}, {k.shape}, {v.shape}")
     if v.shape[-2] != k.shape[-2]:
         raise ValueError(f"v must have Tk={k.shape[-2]} rows like k, got v shape {v.shape}")
+    if k.shape[-2] == 0:
+        raise ValueError(f"k must hold at least one key (Tk >= 1): a softmax over zero keys is undefined, "
+                         f"got k shape {k.shape}")
+    if q.shape[-1] == 0:
+        raise ValueError(f"q and k must have a feature size d >= 1 (the scores are scaled by 1/sqrt(d)), "
+                         f"got q shape {q.shape}")
     full = (*q.shape[:-1], k.shape[-2])                                  # (..., Tq, Tk)
     if mask is not None:
         mask = jnp.asarray(mask)

@@ -6,19 +6,32 @@ Forward (stride s, padded input xp = pad(x))
 Backward, with g = dL/dy of shape (N, Ho, Wo, Cout):
 
 * input gradient — every xp[n, p, q, c] is touched by the outputs with
-  ``p = s_h i + a``; collecting them gives a *full* convolution of the
-  stride-dilated cotangent with the spatially flipped kernel, channels swapped:
-      dxp[n, p, q, c] = sum_{a, b, o} gd[n, p - a, q - b, o] w[a, b, c, o]
-  where ``gd`` is g with ``s - 1`` zeros between rows/columns. In lax terms:
-  ``conv(g, flip(w) as (kh, kw, Cout, Cin), lhs_dilation=s)`` with padding
-  ``(kh - 1 - top, H - 1 - (Ho - 1) s + top)`` per axis, which also crops the
-  padding and restores rows the forward never read (they get 0).
+  ``p = s_h i + a``:
+      dxp[n, p, q, c] = sum_{i, j, a, b : s_h i + a = p, s_w j + b = q} g[n, i, j, o] w[a, b, c, o]
+  Split p by its phase r = p mod s_h (p = s_h u + r) and a likewise: the taps
+  with a = r + s_h m meet the outputs i = u - m, so each phase is a *full*
+  stride-1 convolution of g with the sub-kernel w[r::s_h, ::] (flipped,
+  channels swapped):
+      dxp[n, s_h u + r, s_w v + t, c] = sum_{m, l, o} g[n, u - m, v - l, o] w[r + s_h m, t + s_w l, c, o]
+  The s_h s_w phase results are interleaved back (a reshape) and the padding
+  cropped; rows no tap reaches (stride > kernel, or rows past the last window)
+  get 0. This "sub-pixel" form needs no ``lhs_dilation``: the usual
+  ``conv(g dilated by s, flip(w))`` makes XLA's algebraic simplifier abort the
+  process (SIGABRT, jaxlib 0.10.2) for some geometries, e.g. x 8x8, kernel
+  5x2, stride 2, padding 1 — plain ``jax.grad`` of ``lax.conv_general_dilated``
+  aborts there too. It also multiplies no inserted zeros.
 * weight gradient — a correlation of the input with the cotangent, the batch
   axis contracted:
       dw[a, b, c, o] = sum_{n, i, j} xp[n, s_h i + a, s_w j + b, c] g[n, i, j, o]
   i.e. a convolution with the input's channels as the batch, its batch as the
   feature, and g (dilated by s) as the kernel.
 * bias — ``db[o] = sum_{n, i, j} g[n, i, j, o]``.
+
+Rows/columns of the padded input that no strided window reads (the last
+``(H + top + bottom - kh) mod s_h`` ones) are dropped before the forward and
+weight-gradient convolutions: first from the bottom/right padding, then by
+cropping x (whose dropped rows get zero gradient). So no convolution this
+module emits has negative padding or unread input, on any backend.
 
 The im2col path computes the same function as one matmul over explicit patches,
 ``cols (N Ho Wo, kh kw Cin) @ w (kh kw Cin, Cout)``; its backward is
@@ -35,7 +48,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from .._checks import float_array, same_dtype, shape_is
-from ._windows import crop_hw, pad_hw, place_view, window_geometry, window_views
+from ._windows import crop_hw, output_hw, pad_hw, place_view, window_geometry, window_views
 
 _DN = ("NHWC", "HWIO", "NHWC")
 
@@ -55,8 +68,26 @@ def _validate(x, w, b, stride, padding):
 
 
 # ================================================================ lax path
+def _read_region(in_hw, window, stride, pads):
+    """``(kept_hw, pads)``: the padded input cut to the rows/columns the strided
+    windows read. The unread tail is taken off the bottom/right padding first,
+    then off x itself (x is cropped to ``kept_hw``)."""
+    kept, trimmed = [], []
+    for n, k, s, (lo, hi) in zip(in_hw, window, stride, pads):
+        extent = (n + lo + hi - k) // s * s + k                # padded rows read: (out - 1) s + k
+        hi_read = extent - n - lo                              # < 0: x's own last rows are unread
+        kept.append(max(n + min(hi_read, 0), 0))               # 0: the windows read padding only
+        trimmed.append((min(lo, extent), max(hi_read, 0)))
+    return tuple(kept), tuple(trimmed)
+
+
 def _conv_forward(x, w, b, stride, pads):
-    y = lax.conv_general_dilated(x, w, stride, pads, dimension_numbers=_DN)
+    (h, wd), read_pads = _read_region(x.shape[1:3], w.shape[:2], stride, pads)
+    if h == 0 or wd == 0:                                      # every window lies in the padding
+        ho, wo = output_hw(x.shape[1:3], w.shape[:2], stride, pads)
+        y = jnp.zeros((x.shape[0], ho, wo, w.shape[3]), x.dtype)
+    else:
+        y = lax.conv_general_dilated(x[:, :h, :wd], w, stride, read_pads, dimension_numbers=_DN)
     return y if b is None else y + b
 
 
@@ -69,23 +100,43 @@ def _conv2d_fwd(x, w, b, stride, pads):
     return _conv_forward(x, w, b, stride, pads), (x, w, b is None)
 
 
+def _input_grad(g, w, x_shape, stride, pads):
+    """dL/dx phase by phase (module docstring): no lhs dilation, no negative padding."""
+    cin, (sh, sw) = w.shape[2], stride
+    n, ho, wo, _ = g.shape
+    hp, wp = x_shape[1] + sum(pads[0]), x_shape[2] + sum(pads[1])
+    qh, qw = -(-hp // sh), -(-wp // sw)                        # padded rows per phase (rounded up)
+    phases = []                                                # [r][t] -> (N, qh, qw, Cin)
+    for r in range(sh):
+        row = []
+        for t in range(sw):
+            sub = w[r::sh, t::sw]                              # taps a = r + sh m, b = t + sw l
+            mh, mw = sub.shape[:2]
+            if mh == 0 or mw == 0:                             # no tap lands on this phase
+                row.append(jnp.zeros((n, qh, qw, cin), g.dtype))
+                continue
+            row.append(lax.conv_general_dilated(                # full conv: out[u] = sum_m g[u - m] sub[m]
+                g, sub[::-1, ::-1], (1, 1), ((mh - 1, qh - ho), (mw - 1, qw - wo)),
+                dimension_numbers=("NHWC", "HWOI", "NHWC")))
+        phases.append(jnp.stack(row, axis=3))                  # (N, qh, qw, sw, Cin)
+    dxp = jnp.stack(phases, axis=2).reshape(n, qh * sh, qw * sw, cin)   # row s_h u + r <- phase r
+    return crop_hw(dxp, pads, x_shape[1:3])
+
+
+def _weight_grad(x, g, kernel_hw, stride, pads):
+    """dL/dw: correlate x with g, batch contracted (x as CHWN, g as IHWO, out HWNC = HWIO)."""
+    (h, wd), pads = _read_region(x.shape[1:3], kernel_hw, stride, pads)
+    if h == 0 or wd == 0:                                      # every window lies in the padding
+        return jnp.zeros((*kernel_hw, x.shape[3], g.shape[3]), g.dtype)
+    return lax.conv_general_dilated(
+        x[:, :h, :wd], g, (1, 1), pads, rhs_dilation=stride,
+        dimension_numbers=("CHWN", "IHWO", "HWNC"))                      # (kh, kw, Cin, Cout)
+
+
 def _conv2d_bwd(stride, pads, res, g):
     x, w, no_bias = res
-    (kh, kw), (h, wd) = w.shape[:2], x.shape[1:3]
-    ho, wo = g.shape[1:3]
-    (top, _), (left, _) = pads
-    # dx: full convolution of the stride-dilated g with the flipped kernel (Cout <-> Cin).
-    dx_pads = ((kh - 1 - top, h - 1 - (ho - 1) * stride[0] + top),
-               (kw - 1 - left, wd - 1 - (wo - 1) * stride[1] + left))
-    dx = lax.conv_general_dilated(
-        g, w[::-1, ::-1], (1, 1), dx_pads, lhs_dilation=stride,
-        dimension_numbers=("NHWC", "HWOI", "NHWC"))                      # (N, H, W, Cin)
-    # dw: correlate x with g; batch contracted (x as CHWN, g as IHWO, out HWNC = (kh,kw,Cin,Cout)).
-    dw_pads = ((top, kh - h - top + (ho - 1) * stride[0]),
-               (left, kw - wd - left + (wo - 1) * stride[1]))
-    dw = lax.conv_general_dilated(
-        x, g, (1, 1), dw_pads, rhs_dilation=stride,
-        dimension_numbers=("CHWN", "IHWO", "HWNC"))                      # (kh, kw, Cin, Cout)
+    dx = _input_grad(g, w, x.shape, stride, pads)                        # (N, H, W, Cin)
+    dw = _weight_grad(x, g, w.shape[:2], stride, pads)                   # (kh, kw, Cin, Cout)
     db = None if no_bias else jnp.sum(g, axis=(0, 1, 2))                  # (Cout,)
     return dx, dw, db
 

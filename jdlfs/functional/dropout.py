@@ -16,7 +16,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from .._checks import float_array, static_float
+from .._checks import float_array, static_bool, static_float
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -44,10 +44,13 @@ def dropout(key, x, rate: float, *, deterministic: bool = False):
         ``deterministic`` or ``rate == 0``; may then be None.
       x: floating array of any shape.
       rate: static drop probability in ``[0, 1)``.
-      deterministic: if True (evaluation), return ``x`` unchanged.
+      deterministic: static Python bool; if True (evaluation), return ``x``
+        unchanged. A traced value is refused (it selects which computation
+        runs): make it a ``static_argnames`` of ``jit``.
     """
     x = float_array("x", x)
     rate = static_float("rate", rate)
+    deterministic = static_bool("deterministic", deterministic)
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"rate must be in [0, 1), got {rate}")
     if deterministic or rate == 0.0:

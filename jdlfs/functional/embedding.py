@@ -9,6 +9,12 @@ Out-of-range ids cannot be checked under ``jit``. Gather and scatter must
 treat them alike, so the public function clips the ids to [0, V) once, before
 either pass sees them: an id outside reads, and sends its gradient to, the
 nearest edge row (-1 -> row 0, V + 3 -> row V - 1).
+
+ids of every integer dtype (int8..int64, uint8..uint64) select exactly the
+rows int32 ids of the same values select: the clip compares in the ids' own
+dtype, then converts to int32 (``_checks.index_array``). Byte-level ids
+(uint8) into a 257-row table (256 bytes + one special token) reach every row;
+a uint64 id above 2**32 is out of range and clipped, never wrapped.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from .._checks import float_array, int_array
+from .._checks import float_array, index_array
 
 
 @jax.custom_vjp
@@ -40,8 +46,10 @@ _embedding.defvjp(_embedding_fwd, _embedding_bwd)
 
 
 def embedding(table, ids):
-    """Rows of ``table (V, D)`` selected by integer ``ids (...)`` -> ``(..., D)``;
-    ids outside [0, V) are clipped to the nearest row (module docstring)."""
+    """Rows of ``table (V, D)`` selected by integer ``ids (...)`` of any integer
+    dtype -> ``(..., D)``; ids outside [0, V) are clipped to the nearest row
+    (module docstring)."""
     table = float_array("table", table, rank=2, layout="(V, D)")
-    ids = jnp.clip(int_array("ids", ids), 0, table.shape[0] - 1)
-    return _embedding(table, ids)
+    if table.shape[0] == 0:
+        raise ValueError(f"table must have at least one row, got shape {table.shape}")
+    return _embedding(table, index_array("ids", ids, table.shape[0], out_of_range="clip"))

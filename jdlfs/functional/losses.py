@@ -7,12 +7,23 @@ positions, label smoothing e):
     S = sum_n m_n,   C = S if S > 0 else 1
     L = sum_n m_n l_n / C                            (mean over unmasked positions)
     dL/dz_nk = g m_n (p_nk sum_j t_j - t_k) / C       (= p - t, as sum t = 1 for a valid label)
-    dL/dm_n  = g (l_n - L) / C                        (float weights; L = 0 when S = 0)
+    dL/dm_n  = g (l_n - [S > 0] L) / C                (float weights)
+  The weight gradient differentiates both branches of C: where S > 0, C = S
+  depends on m (the ``- L`` term); where S <= 0, C = 1 is constant and
+  dL/dm_n = g l_n. So the rule is the derivative of the forward for weights of
+  any sign, e.g. ``[1, -1]`` (S = 0, L = l_1 - l_2); only at S = 0 itself the
+  forward jumps. Weights are meant to be non-negative: with mixed signs and S
+  near 0+ the "mean" divides by a tiny S and is huge.
   With a bool mask, padded positions of a sequence contribute neither loss nor
-  gradient and the mean is over real tokens; an all-masked batch gives L = 0.
+  gradient and the mean is over real tokens; an all-masked (or empty) batch
+  gives L = 0 (no mask: S = number of positions).
   A label outside [0, K) has an all-zero one-hot (labels cannot be range-checked
-  under jit): without smoothing its loss and gradient are 0, as in optax, but it
-  still counts in the mean's denominator: mask it out to exclude it.
+  under jit): without smoothing its loss and gradient are 0, but it still counts
+  in the mean's denominator: mask it out to exclude it. (optax's
+  ``softmax_cross_entropy_with_integer_labels`` differs: label >= K gives NaN
+  and -1 reads class K - 1.) Labels of every integer dtype (int8..int64,
+  uint8..uint64) give the int32 result: a uint8 label 5 with 300 classes is
+  class 5 only, a uint64 label above 2**32 is out of range.
 
 Binary cross-entropy with logits (targets t in [0, 1], mean over all N entries):
     l = max(z, 0) - z t + log(1 + exp(-|z|))          (stable form of -t log s - (1-t) log(1-s))
@@ -20,6 +31,13 @@ Binary cross-entropy with logits (targets t in [0, 1], mean over all N entries):
 
 Mean squared error over all N entries:
     L = sum (p - t)^2 / N,     dL/dp = 2 g (p - t) / N,     dL/dt = -dL/dp
+
+Precision: every loss computes in float32 for float16/bfloat16 input (float64
+for float64; ``_precision``): per-position terms, their sum, the count S and
+the scale g / C, so 16,384 x 1,000 float16 logits or 70,000 positions (sum
+and count above float16's 65,504) and a bfloat16 count of 257 are exact; the
+loss and the gradients are returned in the input dtypes. The softmax saved
+for cross-entropy's backward is kept in the logits' dtype (no extra memory).
 """
 
 from __future__ import annotations
@@ -30,28 +48,38 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .._checks import float_array, int_array, same_dtype, static_float
+from .._checks import float_array, index_array, same_dtype, static_float
+from ._precision import upcast
 
 
 # ================================================================ softmax cross-entropy
+def _target(labels, k, smoothing, dtype):
+    onehot = jax.nn.one_hot(labels, k, dtype=dtype)                          # (..., K); 0s for label -1
+    return onehot if smoothing == 0.0 else (1 - smoothing) * onehot + smoothing / k
+
+
 def _xent_parts(logits, labels, w, smoothing):
-    k = logits.shape[-1]
-    shifted = logits - lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
-    sum_e = jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True)
+    z = upcast(logits)                                                        # float32 or wider
+    shifted = z - lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
+    e = jnp.exp(shifted)
+    sum_e = jnp.sum(e, axis=-1, keepdims=True)
     lse = jnp.log(sum_e)                                                      # (..., 1), shifted lse
-    onehot = jax.nn.one_hot(labels, k, dtype=logits.dtype)                    # (..., K); 0s if out of range
-    target = onehot if smoothing == 0.0 else (1 - smoothing) * onehot + smoothing / k
+    target = _target(labels, z.shape[-1], smoothing, z.dtype)
     # l_n = -sum_k t_k log p_k = sum_k t_k (lse - shifted_k): the shift cancels
     # for any t (so it needs no gradient), and every term is >= +0.
     per_pos = jnp.sum(target * (lse - shifted), axis=-1)                      # (...)
     if w is None:
-        count = jnp.asarray(per_pos.size, logits.dtype)
+        count = jnp.asarray(max(per_pos.size, 1), z.dtype)                    # empty batch -> L = 0
         loss = jnp.sum(per_pos) / count
+        centre = loss
     else:
-        total = jnp.sum(w)
+        wa = upcast(w)
+        total = jnp.sum(wa)
         count = jnp.where(total > 0, total, 1)                                # all masked -> L = 0
-        loss = jnp.sum(w * per_pos) / count
-    return loss, (jnp.exp(shifted) / sum_e, target, count, per_pos)
+        loss = jnp.sum(wa * per_pos) / count
+        centre = jnp.where(total > 0, loss, 0)                                # [S > 0] L
+    p = (e / sum_e).astype(logits.dtype)
+    return loss.astype(logits.dtype), (p, labels, w, count, per_pos, centre)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -60,19 +88,20 @@ def _softmax_xent(logits, labels, w, smoothing):
 
 
 def _softmax_xent_fwd(logits, labels, w, smoothing):
-    loss, (p, target, count, per_pos) = _xent_parts(logits, labels, w, smoothing)
-    return loss, (p, target, w, count, per_pos, loss)
+    return _xent_parts(logits, labels, w, smoothing)
 
 
 def _softmax_xent_bwd(smoothing, res, g):
-    p, target, w, count, per_pos, loss = res
-    scale = g / count
-    residual = p * jnp.sum(target, axis=-1, keepdims=True) - target          # p sum(t) - t; = p - t for valid labels
+    p, labels, w, count, per_pos, centre = res
+    acc = count.dtype
+    scale = g.astype(acc) / count
+    target = _target(labels, p.shape[-1], smoothing, acc)
+    residual = p.astype(acc) * jnp.sum(target, axis=-1, keepdims=True) - target   # = p - t for valid labels
     if w is None:
-        return scale * residual, None, None                                   # labels: no cotangent
-    dlogits = (scale * w)[..., None] * residual                               # (..., K)
-    dw = scale * (per_pos - loss)                                             # (...)
-    return dlogits, None, dw
+        return (scale * residual).astype(p.dtype), None, None                # labels: no cotangent
+    dlogits = (scale * upcast(w))[..., None] * residual                       # (..., K)
+    dw = scale * (per_pos - centre)                                           # (...)
+    return dlogits.astype(p.dtype), None, dw.astype(w.dtype)
 
 
 _softmax_xent.defvjp(_softmax_xent_fwd, _softmax_xent_bwd)
@@ -82,20 +111,26 @@ def softmax_cross_entropy(logits, labels, *, mask=None, label_smoothing: float =
     """Mean cross-entropy of ``softmax(logits)`` against integer ``labels``.
 
     Args:
-      logits: ``(..., K)`` floating.
-      labels: ``(...)`` integer class ids in ``[0, K)``. Not range-checked
-        under ``jit``: an id outside has an all-zero one-hot, so (without
-        smoothing) zero loss and gradient, yet it counts in the mean — mask it.
+      logits: ``(..., K)`` floating, ``K >= 1``.
+      labels: ``(...)`` integer class ids in ``[0, K)``, any integer dtype. Not
+        range-checked under ``jit``: an id outside has an all-zero one-hot, so
+        (without smoothing) zero loss and gradient — unlike optax, where a
+        label >= K gives NaN — yet it counts in the mean: mask it.
       mask: optional ``(...)`` weights: bool (True = counts, e.g. the real
         tokens of padded sequences) or float (per-position weights, which are
-        differentiable). The loss is ``sum(mask * l) / sum(mask)``, or 0 when
-        ``sum(mask) == 0``. Weights should be non-negative (not checked).
+        differentiable). The loss is ``sum(mask * l) / sum(mask)``, or
+        ``sum(mask * l)`` when ``sum(mask) <= 0`` (0 for an all-False mask).
+        Weights are meant to be non-negative; for any sign the gradient is the
+        exact derivative of this formula (module docstring).
       label_smoothing: ``e`` in ``[0, 1)``; target ``(1 - e) onehot + e / K``.
     Returns:
-      scalar loss. Gradient w.r.t. logits ``(softmax - target) * mask / sum(mask)``.
+      scalar loss in logits' dtype (accumulated in float32 or wider). Gradient
+      w.r.t. logits ``(softmax - target) * mask / sum(mask)``.
     """
     logits = float_array("logits", logits, min_rank=1, layout="(..., K)")
-    labels = int_array("labels", labels)
+    if logits.shape[-1] == 0:
+        raise ValueError(f"logits must have at least one class (K >= 1) on the last axis, got shape {logits.shape}")
+    labels = index_array("labels", labels, logits.shape[-1], out_of_range="drop")
     if labels.shape != logits.shape[:-1]:
         raise ValueError(f"labels must have shape logits.shape[:-1] = {logits.shape[:-1]}, "
                          f"got {labels.shape}")
@@ -117,7 +152,8 @@ def softmax_cross_entropy(logits, labels, *, mask=None, label_smoothing: float =
 
 # ================================================================ binary cross-entropy
 def _bce_forward(z, t):
-    return jnp.mean(jnp.maximum(z, 0) - z * t + jnp.log1p(jnp.exp(-jnp.abs(z))))
+    za, ta = upcast(z), upcast(t)
+    return jnp.mean(jnp.maximum(za, 0) - za * ta + jnp.log1p(jnp.exp(-jnp.abs(za)))).astype(z.dtype)
 
 
 @jax.custom_vjp
@@ -131,8 +167,9 @@ def _bce_fwd(z, t):
 
 def _bce_bwd(res, g):
     z, t = res
-    scale = g / z.size
-    return scale * (lax.logistic(z) - t), -scale * z
+    za, ta = upcast(z), upcast(t)
+    scale = g.astype(za.dtype) / z.size                       # in float32: N may exceed float16's range
+    return (scale * (lax.logistic(za) - ta)).astype(z.dtype), (-scale * za).astype(t.dtype)
 
 
 _bce.defvjp(_bce_fwd, _bce_bwd)
@@ -153,16 +190,16 @@ def binary_cross_entropy_with_logits(logits, targets):
 # ================================================================ mean squared error
 @jax.custom_vjp
 def _mse(p, t):
-    return jnp.mean((p - t) ** 2)
+    return jnp.mean((upcast(p) - upcast(t)) ** 2).astype(p.dtype)
 
 
 def _mse_fwd(p, t):
-    return _mse(p, t), p - t
+    return _mse(p, t), upcast(p) - upcast(t)                 # p, t and the loss share one dtype
 
 
 def _mse_bwd(diff, g):
-    dp = (2 * g / diff.size) * diff
-    return dp, -dp
+    dp = (2 * g.astype(diff.dtype) / diff.size) * diff       # in float32: N may exceed float16's range
+    return dp.astype(g.dtype), (-dp).astype(g.dtype)
 
 
 _mse.defvjp(_mse_fwd, _mse_bwd)

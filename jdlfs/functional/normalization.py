@@ -20,9 +20,25 @@ so the rule is exact for every output, not only y.
 Numerical choices, made here:
 * eps is added to the variance inside the square root: r = 1/sqrt(var + eps).
 * Statistics are computed in float32 (or float64 for float64 input) even when
-  x is float16/bfloat16; the output is cast back to x's dtype.
+  x is float16/bfloat16; y is cast back to x's dtype, but batch_norm returns
+  (mu, var) in that float32 (float64) statistics dtype: a float16 batch
+  variance above 65,504 (activation std above ~256) would otherwise come back
+  ``inf`` and poison running statistics. Keep running statistics in float32.
 * The variance is the two-pass mean((x - mu)^2), never E[x^2] - mu^2, which
   cancels catastrophically when var << mu^2 (near-constant features).
+
+Conventions of the functional batch norm (vs PyTorch / Flax):
+* ``batch_norm`` is the training-mode op only: it normalises with the batch
+  statistics and *returns* them (biased variance, divided by m, as both
+  frameworks normalise with); it keeps no running statistics and has no
+  momentum (``torch.nn.functional.batch_norm`` updates running buffers in place).
+  Running averages are the caller's: ``jdlfs.layers.BatchNorm`` keeps them with
+  momentum 0.9 = PyTorch's 0.1 = Flax's 0.9 (Flax's default is 0.99), and with
+  the unbiased m / (m - 1) variance as PyTorch does (Flax keeps the biased one).
+* ``batch_norm_inference`` normalises with given statistics, which may be
+  float32 for float16/bfloat16 x (it computes in float32 then).
+* Normalisation is over every axis but the last (NHWC, channels last; PyTorch
+  normalises NCHW's axis 1). The default eps = 1e-5 is both frameworks' default.
 """
 
 from __future__ import annotations
@@ -33,15 +49,12 @@ import jax
 import jax.numpy as jnp
 
 from .._checks import float_array, same_dtype, shape_is, static_float
-
-
-def _stats_dtype(dtype):
-    return jnp.promote_types(dtype, jnp.float32)
+from ._precision import acc_dtype, upcast
 
 
 def _normalize(x, axes, eps):
     """Returns (xh, mu, var, r) in the statistics dtype; mu/var keep dims."""
-    xf = x.astype(_stats_dtype(x.dtype))
+    xf = upcast(x)
     mu = jnp.mean(xf, axis=axes, keepdims=True)
     var = jnp.mean(jnp.square(xf - mu), axis=axes, keepdims=True)
     r = jax.lax.rsqrt(var + eps)
@@ -60,7 +73,7 @@ def _bn_forward(x, gamma, beta, eps):
     axes = tuple(range(x.ndim - 1))
     xh, mu, var, r = _normalize(x, axes, eps)
     y = (xh * gamma + beta).astype(x.dtype)
-    return (y, mu.reshape(-1).astype(x.dtype), var.reshape(-1).astype(x.dtype)), (xh, r)
+    return (y, mu.reshape(-1), var.reshape(-1)), (xh, r)                  # statistics stay float32+
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -108,7 +121,10 @@ def batch_norm(x, gamma, beta, *, eps: float = 1e-5):
       gamma, beta: ``(C,)``.
       eps: added to the variance inside the square root.
     Returns:
-      ``(y, batch_mean, batch_var)``: y like x; mean and biased variance ``(C,)``.
+      ``(y, batch_mean, batch_var)``: y like x; the batch mean and the biased
+      batch variance ``(C,)`` in float32 for float16/bfloat16/float32 x (float64
+      for float64), so a float16 variance above 65,504 stays finite. No running
+      statistics and no momentum here (module docstring: PyTorch/Flax conventions).
     """
     x = float_array("x", x, min_rank=2, layout="(N, ..., C)")
     gamma, beta = _check_affine(x, gamma, beta)
@@ -118,8 +134,8 @@ def batch_norm(x, gamma, beta, *, eps: float = 1e-5):
 # ================================================================ batch norm (inference)
 @partial(jax.custom_vjp, nondiff_argnums=(5,))
 def _bn_inference(x, gamma, beta, mean, var, eps):
-    r = jax.lax.rsqrt(var + eps)
-    return (x - mean) * (r * gamma) + beta
+    r = jax.lax.rsqrt(upcast(var) + eps)
+    return ((upcast(x) - mean) * (r * gamma) + beta).astype(x.dtype)
 
 
 def _bn_inference_fwd(x, gamma, beta, mean, var, eps):
@@ -130,16 +146,19 @@ def _bn_inference_bwd(eps, res, g):
     # y = (x - mean) r gamma + beta is affine in x with fixed statistics:
     #   dx = g r gamma; dgamma = sum g (x - mean) r; dbeta = sum g;
     #   dmean = -sum g r gamma; dvar = sum g (x - mean) gamma (-1/2) r^3.
+    # Computed (and summed) in float32 or wider, each cast to its argument's dtype.
     x, gamma, mean, var = res
     axes = tuple(range(x.ndim - 1))
-    r = jax.lax.rsqrt(var + eps)
-    dx = g * (r * gamma)
-    xc = x - mean
-    dgamma = jnp.sum(g * xc, axis=axes) * r
-    dbeta = jnp.sum(g, axis=axes)
+    ga = upcast(g)
+    r = jax.lax.rsqrt(upcast(var) + eps)
+    dx = ga * (r * gamma)
+    gxc = jnp.sum(ga * (upcast(x) - mean), axis=axes)
+    dgamma = gxc * r
+    dbeta = jnp.sum(ga, axis=axes)
     dmean = -jnp.sum(dx, axis=axes)
-    dvar = jnp.sum(g * xc, axis=axes) * gamma * (-0.5) * r ** 3
-    return dx, dgamma, dbeta, dmean, dvar
+    dvar = gxc * gamma * (-0.5) * r ** 3
+    return (dx.astype(x.dtype), dgamma.astype(gamma.dtype), dbeta.astype(gamma.dtype),
+            dmean.astype(mean.dtype), dvar.astype(var.dtype))
 
 
 _bn_inference.defvjp(_bn_inference_fwd, _bn_inference_bwd)
@@ -148,15 +167,21 @@ _bn_inference.defvjp(_bn_inference_fwd, _bn_inference_bwd)
 def batch_norm_inference(x, gamma, beta, mean, var, *, eps: float = 1e-5):
     """Evaluation-mode batch norm with given (running) ``mean`` and ``var`` ``(C,)``:
     ``(x - mean) / sqrt(var + eps) * gamma + beta``. Differentiable in all five arrays.
-    An affine map with fixed statistics, so it computes in the inputs' dtype
-    (no float32 upcast: there are no batch statistics to accumulate)."""
+
+    ``mean``/``var`` have x's dtype or, for float16/bfloat16 x, float32 (running
+    statistics are best kept in float32: a float16 variance overflows above
+    65,504). The map is computed in float32 (float64 for float64) and y is
+    returned in x's dtype."""
     x = float_array("x", x, min_rank=1, layout="(..., C)")
     gamma, beta = _check_affine(x, gamma, beta)
     mean = float_array("mean", mean, rank=1, layout="(C,)")
     var = float_array("var", var, rank=1, layout="(C,)")
     shape_is("mean", mean, gamma.shape)
     shape_is("var", var, gamma.shape)
-    same_dtype(x=x, mean=mean, var=var)
+    same_dtype(mean=mean, var=var)
+    if mean.dtype not in (x.dtype, acc_dtype(x.dtype)):
+        raise TypeError(f"mean and var must have x's dtype {x.dtype} or {acc_dtype(x.dtype)} (running statistics "
+                        f"kept in float32), got {mean.dtype}")
     return _bn_inference(x, gamma, beta, mean, var, static_float("eps", eps))
 
 

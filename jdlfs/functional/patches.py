@@ -16,7 +16,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from .._checks import float_array, int_array, static_int
+from .._checks import float_array, index_array, static_int
 
 
 def _to_patches(images, p):
@@ -112,9 +112,12 @@ _take_tokens.defvjp(_take_tokens_fwd, _take_tokens_bwd)
 def take_tokens(x, idx):
     """Gather tokens per example: ``x (N, L, D)``, ``idx (N, K)`` int -> ``(N, K, D)``.
     Backward scatters the cotangent back (repeated indices accumulate). Indices
-    outside [0, L) are clipped to the nearest token, in both passes alike."""
+    of any integer dtype give what int32 indices give; those outside [0, L) are
+    clipped to the nearest token, in both passes alike."""
     x = float_array("x", x, rank=3, layout="(N, L, D)")
-    idx = int_array("idx", idx, rank=2, layout="(N, K)")
+    if x.shape[1] == 0:
+        raise ValueError(f"x must hold at least one token (L >= 1) to take from, got shape {x.shape}")
+    idx = index_array("idx", idx, x.shape[1], out_of_range="clip", rank=2, layout="(N, K)")
     if idx.shape[0] != x.shape[0]:
         raise ValueError(f"idx must have the batch size {x.shape[0]} of x, got shape {idx.shape}")
-    return _take_tokens(x, jnp.clip(idx, 0, x.shape[1] - 1))
+    return _take_tokens(x, idx)

@@ -17,6 +17,11 @@ Backward (p = softmax(x), g = upstream cotangent, sums along ``axis``)
 If every entry along the axis is ``-inf`` the result is NaN (an empty
 distribution has no normaliser); :func:`jdlfs.functional.attention` handles
 fully masked rows explicitly instead.
+
+Precision: for float16/bfloat16 input the exponentials, their sum and its log
+are computed in float32 (``_precision``) and the result is cast back, so a
+normaliser over more than 65,504 classes cannot overflow; the backward sums
+(``sum(g p)``, ``sum(g)``) are float32 too.
 """
 
 from __future__ import annotations
@@ -28,11 +33,14 @@ import jax.numpy as jnp
 from jax import lax
 
 from .._checks import float_array
+from ._precision import upcast
 
 
 def _shifted(x, axis):
-    """(z, log sum exp z, m) with m = max(x) (kept dims), z = x - m. The max only
-    shifts (the result does not depend on it), so it carries no gradient."""
+    """(z, log sum exp z, m) in the accumulation dtype, with m = max(x) (kept
+    dims), z = x - m. The max only shifts (the result does not depend on it),
+    so it carries no gradient."""
+    x = upcast(x)
     m = lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
     z = x - m
     return z, jnp.log(jnp.sum(jnp.exp(z), axis=axis, keepdims=True)), m
@@ -54,17 +62,18 @@ def _axis(x, axis) -> int:
 # ---------------------------------------------------------------- logsumexp
 @partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _logsumexp(x, axis):
-    return jnp.squeeze(_lse(x, axis), axis)
+    return jnp.squeeze(_lse(x, axis), axis).astype(x.dtype)
 
 
 def _logsumexp_fwd(x, axis):
-    lse = _lse(x, axis)
-    return jnp.squeeze(lse, axis), (x, lse)
+    lse = _lse(x, axis)                                        # accumulation dtype, kept dims
+    return jnp.squeeze(lse, axis).astype(x.dtype), (x, lse)
 
 
 def _logsumexp_bwd(axis, res, g):
     x, lse = res
-    return (jnp.expand_dims(g, axis) * jnp.exp(x - lse),)      # g * softmax(x); x - lse <= 0
+    p = jnp.exp(upcast(x) - lse)                               # softmax(x); x - lse <= 0
+    return ((upcast(jnp.expand_dims(g, axis)) * p).astype(x.dtype),)
 
 
 _logsumexp.defvjp(_logsumexp_fwd, _logsumexp_bwd)
@@ -80,7 +89,7 @@ def logsumexp(x, axis: int = -1):
 @partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _softmax(x, axis):
     e = jnp.exp(_shifted(x, axis)[0])
-    return e / jnp.sum(e, axis=axis, keepdims=True)
+    return (e / jnp.sum(e, axis=axis, keepdims=True)).astype(x.dtype)
 
 
 def _softmax_fwd(x, axis):
@@ -89,7 +98,8 @@ def _softmax_fwd(x, axis):
 
 
 def _softmax_bwd(axis, p, g):
-    return (p * (g - jnp.sum(g * p, axis=axis, keepdims=True)),)
+    pa, ga = upcast(p), upcast(g)
+    return ((pa * (ga - jnp.sum(ga * pa, axis=axis, keepdims=True))).astype(p.dtype),)
 
 
 _softmax.defvjp(_softmax_fwd, _softmax_bwd)
@@ -105,18 +115,20 @@ def softmax(x, axis: int = -1):
 @partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _log_softmax(x, axis):
     z, log_sum, _ = _shifted(x, axis)
-    return z - log_sum
+    return (z - log_sum).astype(x.dtype)
 
 
 def _log_softmax_fwd(x, axis):
-    z = x - lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
+    xa = upcast(x)
+    z = xa - lax.stop_gradient(jnp.max(xa, axis=axis, keepdims=True))
     e = jnp.exp(z)                                   # one exp, shared by y and the saved softmax
     s = jnp.sum(e, axis=axis, keepdims=True)
-    return z - jnp.log(s), e / s
+    return (z - jnp.log(s)).astype(x.dtype), (e / s).astype(x.dtype)
 
 
 def _log_softmax_bwd(axis, p, g):
-    return (g - p * jnp.sum(g, axis=axis, keepdims=True),)
+    ga = upcast(g)
+    return ((ga - upcast(p) * jnp.sum(ga, axis=axis, keepdims=True)).astype(p.dtype),)
 
 
 _log_softmax.defvjp(_log_softmax_fwd, _log_softmax_bwd)
