@@ -40,6 +40,7 @@ import numpy as np
 
 from . import functional as F
 from . import init as initializers
+from ._checks import static_bool
 
 Params = Any
 State = Any
@@ -195,6 +196,7 @@ def Dropout(rate: float) -> Layer:
         return {}, {}
 
     def apply(params, state, x, *, key=None, train=False):
+        train = static_bool("train", train)
         if train and rate > 0 and key is None:
             raise ValueError("Dropout needs a PRNG key when train=True: apply(..., key=key, train=True)")
         return F.dropout(key, x, rate, deterministic=not train), state

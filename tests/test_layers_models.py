@@ -218,3 +218,9 @@ def test_batchnorm_refuses_to_train_on_an_empty_batch():
     params, state = model.init(KEY, (1, 32, 32, 3))
     with pytest.raises(ValueError, match="non-empty batch"):
         model.apply(params, state, jnp.zeros((0, 32, 32, 3)), key=KEY, train=True)
+
+
+def test_dropout_refuses_a_traced_train_flag():
+    layer = L.Dropout(0.5)
+    with pytest.raises(TypeError, match="train is static configuration"):
+        jax.jit(lambda t: layer.apply({}, {}, jnp.ones(4), key=KEY, train=t))(True)

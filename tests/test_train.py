@@ -183,6 +183,26 @@ def test_eval_every_and_log_every_build_a_curve():
     assert r.curve[-1]["test_accuracy"] == r.history[-1]["test_accuracy"]
 
 
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_low_precision_training_keeps_float32_statistics(dtype):
+    """Parameters and activations in float16/bfloat16 train through fit; batch-norm
+    running statistics and metric sums stay float32; uint8 labels work."""
+    model = L.serial(L.Conv2d(4, 3), L.BatchNorm(), L.Relu(), L.Flatten(), L.Linear(3))
+    params, state = model.init(jax.random.key(0), (1, 6, 6, 2))
+    params = jax.tree.map(lambda a: a.astype(dtype), params)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (96, 6, 6, 2)).astype(np.uint8)
+    y = (x.mean((1, 2, 3)) > 127).astype(np.uint8)
+    task = train.classification(model, preprocess=lambda b: (b / 255.0).astype(dtype))
+    # SGD: Adam's eps=1e-8 underflows to 0 in float16 (optax keeps the moments in the params' dtype)
+    r = train.fit(task, params, state, optax.sgd(0.1, momentum=0.9), (x, y), epochs=3, batch_size=32,
+                  key=jax.random.key(1),
+                  test_data=(x, y), progress=False)
+    assert all(leaf.dtype == dtype for leaf in jax.tree.leaves(r.params))
+    assert r.state["batchnorm1"]["var"].dtype == jnp.float32
+    assert np.isfinite(r.history[-1]["train_loss"]) and r.history[-1]["train_loss"] < r.history[0]["train_loss"]
+
+
 # ---------------------------------------------------------------- evaluation
 def test_evaluate_counts_every_example_and_builds_confusion():
     model = models.mlp((8, 16, 3))
