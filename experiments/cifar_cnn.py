@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -82,44 +81,14 @@ GRAD_LAYERS = ("conv1", "conv2", "conv3", "fc1", "fc2")
 
 
 # ---------------------------------------------------------------- logging
-class EpochLog:
-    """Print one line per finished epoch of a fit by watching its checkpoint
-    manifest (``fit`` itself is silent with ``--no-progress``)."""
-
-    def __init__(self, checkpoint: Path, label: str):
-        self.manifest, self.label = Path(checkpoint) / "manifest.json", label
-        self.seen, self.stop = self._epochs(), threading.Event()
-
-    def _history(self) -> list:
-        try:
-            return json.loads(self.manifest.read_text())["metadata"]["history"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return []
-
-    def _epochs(self) -> int:
-        return len(self._history())
-
-    def _poll(self):
-        for h in self._history()[self.seen:]:
-            test = f", test acc {100 * h['test_accuracy']:.2f}%" if "test_accuracy" in h else ""
-            print(f"[{self.label}] epoch {h['epoch']}: train loss {h['train_loss']:.4f}, "
-                  f"train acc {100 * h['train_accuracy']:.2f}%{test}, {h['train_seconds']:.1f} s "
-                  f"({h['train_examples_per_second']:.0f} img/s)", file=sys.stderr, flush=True)
-            self.seen = h["epoch"]
-
-    def _run(self):
-        while not self.stop.wait(2.0):
-            self._poll()
-
-    def __enter__(self):
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join()
-        self._poll()
+def log_epoch(label: str):
+    """One line per finished epoch (``fit`` itself is silent with ``--no-progress``)."""
+    def log(h: dict) -> None:
+        test = f", test acc {100 * h['test_accuracy']:.2f}%" if "test_accuracy" in h else ""
+        print(f"[{label}] epoch {h['epoch']}: train loss {h['train_loss']:.4f}, "
+              f"train acc {100 * h['train_accuracy']:.2f}%{test}, {h['train_seconds']:.1f} s "
+              f"({h['train_examples_per_second']:.0f} img/s)", file=sys.stderr, flush=True)
+    return log
 
 
 # ---------------------------------------------------------------- recipe
@@ -141,12 +110,12 @@ def fit_one(args, name: str, batch_norm: bool, lr: float, epochs: int, train_dat
     task = train.classification(model, preprocess=preprocess, label_smoothing=args.label_smoothing,
                                 augment=None if args.no_augment else data.crop_and_flip)
     ckpt = out / runs.CHECKPOINT / name
-    with EpochLog(ckpt, name) as log:
-        before = log.seen
-        result = train.fit(task, params, state, make_optimizer(args, lr, total), train_data, epochs=epochs,
-                           batch_size=args.batch_size, key=train_key, test_data=test_data, checkpoint=ckpt,
-                           devices=runs.local_devices(args), progress=not args.no_progress, desc=name)
-    TRAINED_NOW[name] = len(result.history) - before
+    trained = []
+    result = train.fit(task, params, state, make_optimizer(args, lr, total), train_data, epochs=epochs,
+                       batch_size=args.batch_size, key=train_key, test_data=test_data, checkpoint=ckpt,
+                       devices=runs.local_devices(args, args.batch_size), progress=not args.no_progress, desc=name,
+                       on_epoch=lambda h: (trained.append(h), log_epoch(name)(h)))
+    TRAINED_NOW[name] = len(trained)
     return model, (params, state), result
 
 

@@ -102,12 +102,12 @@ def layer_statistics(model, params, state, x, y):
 
 # ---------------------------------------------------------------- (c) training
 def train_curve(model, params, state, train_xy, test_xy, preprocess, *, key, epochs, batch_size, lr,
-                eval_every, progress, desc):
+                eval_every, progress, desc, devices):
     """Plain SGD through ``train.fit``; the training loss of every step
     (``log_every=1``) and the test accuracy every ``eval_every`` steps."""
     result = train.fit(train.classification(model, preprocess=preprocess), params, state, optax.sgd(lr),
                        train_xy, epochs=epochs, batch_size=batch_size, key=key, test_data=test_xy,
-                       eval_every=eval_every, log_every=1, progress=progress, desc=desc)
+                       eval_every=eval_every, log_every=1, progress=progress, desc=desc, devices=devices)
     losses = np.asarray([c["train_loss"] for c in result.curve if "train_loss" in c])
     evals = [c for c in result.curve if "test_accuracy" in c]
     return result.params, losses, [c["step"] for c in evals], [c["test_accuracy"] for c in evals]
@@ -227,7 +227,8 @@ def main(argv=None) -> dict:
         final_params, losses, acc_steps, accs = train_curve(
             model, params, state, (x_train, y_train), (x_test, y_test), preprocess, key=k_train,
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
-            progress=not args.no_progress, desc=f"SGD from {name}")
+            progress=not args.no_progress, desc=f"SGD from {name}",
+            devices=runs.local_devices(args, args.batch_size))
         curves[name] = {"losses": losses, "acc_steps": acc_steps, "accs": accs}
         results[f"accuracy_{name}"] = accs[-1]
         results[f"final_train_loss_{name}"] = float(np.mean(losses[-50:]))

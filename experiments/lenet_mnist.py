@@ -86,7 +86,7 @@ def main(argv=None) -> dict:
     result = train.fit(train.classification(model, preprocess=preprocess), params, state, optimizer,
                        (x_train, y_train), epochs=args.epochs, batch_size=args.batch_size, key=train_key,
                        test_data=(x_test, y_test), progress=not args.no_progress,
-                       devices=runs.local_devices(args), checkpoint=out / runs.CHECKPOINT, desc="LeNet")
+                       devices=runs.local_devices(args, args.batch_size), checkpoint=out / runs.CHECKPOINT, desc="LeNet")
     jax.block_until_ready(result.params)
     train_seconds = time.perf_counter() - t0
     final = result.test_metrics

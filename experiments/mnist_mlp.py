@@ -78,7 +78,7 @@ def main(argv=None) -> dict:
     print(layers.summary(model, params, state, (1, 784)), file=sys.stderr)
     optimizer = optax.sgd(args.lr)
     common = dict(epochs=args.epochs, batch_size=args.batch_size, key=train_key, test_data=(x_test, y_test),
-                  progress=not args.no_progress, devices=runs.local_devices(args))
+                  progress=not args.no_progress, devices=runs.local_devices(args, args.batch_size))
 
     t0 = time.perf_counter()
     task = train.classification(model, preprocess=preprocess)

@@ -54,7 +54,7 @@ def dead_relu_fraction(model, params, state, x) -> float:
 
 
 def main(argv=None) -> dict:
-    p = runs.experiment_parser("overfit", __doc__.split("\n\n")[0])
+    p = runs.experiment_parser("overfit", __doc__.split("\n\n")[0] + " (single-device: --devices is ignored)")
     p.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 16, 64], help="training-set sizes")
     p.add_argument("--hidden", type=int, default=128, help="hidden units of the MLP")
     p.add_argument("--steps", type=int, default=300, help="full-batch Adam steps per size")

@@ -81,8 +81,9 @@ def perceptron_task(model):
     def evaluate(params, state, batch, *, weights=None):
         x, t = batch
         y, _ = model.apply(params, state, x)
+        w = jnp.ones(t.shape, jnp.float32) if weights is None else weights
         correct = (y[:, 0] > 0.5) == (t > 0.5)
-        return {"accuracy": jnp.sum(weights * correct), "count": jnp.sum(weights)}
+        return {"accuracy": jnp.sum(w * correct), "count": jnp.sum(w)}
 
     return train.Task(objective, evaluate)
 
@@ -96,7 +97,7 @@ def train_perceptron(key, epochs: int, lr: float, progress: bool):
     x, t = jnp.asarray(X), jnp.asarray(T)
     result = train.fit(perceptron_task(model), params, state, optax.sgd(lr), (X, T), epochs=epochs, batch_size=1,
                        key=key, shuffle=False, test_data=(X, T), eval_every=1, progress=progress,
-                       desc="perceptron rule")
+                       desc="perceptron rule", devices=1)      # one example per step: one device
     accs = [c["test_accuracy"] for c in result.curve[1:]]     # after every update (curve[0]: before any)
     params = result.params
 
@@ -154,7 +155,7 @@ def plot_boundaries(percep, mlp, out):
 
 
 def main(argv=None) -> dict:
-    p = runs.experiment_parser("xor", __doc__.split("\n\n")[0])
+    p = runs.experiment_parser("xor", __doc__.split("\n\n")[0] + " (single-device: --devices is ignored)")
     p.add_argument("--perceptron-epochs", type=int, default=50, help="passes of the perceptron rule over the 4 points")
     p.add_argument("--perceptron-lr", type=float, default=1.0,
                    help="perceptron learning rate (from zero weights it only rescales w, b)")

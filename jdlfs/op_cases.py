@@ -158,6 +158,18 @@ def _ref_rnn(x, h0, w_x, w_h, b):
     return jnp.stack(hs, axis=1), h
 
 
+def _ref_lstm(x, h0, c0, w_x, w_h, b):
+    bsz, hidden = h0.shape
+    h, c, hs = h0, c0, []
+    for t in range(x.shape[1]):                       # a plain Python loop over time
+        z = (x[:, t] @ w_x + h @ w_h + b).reshape(bsz, 4, hidden)       # gate blocks i, f, g, o
+        i, f, g, o = jax.nn.sigmoid(z[:, 0]), jax.nn.sigmoid(z[:, 1]), jnp.tanh(z[:, 2]), jax.nn.sigmoid(z[:, 3])
+        c = f * c + i * g
+        h = o * jnp.tanh(c)
+        hs.append(h)
+    return jnp.stack(hs, axis=1), (h, c)
+
+
 def _ref_patchify(images, p):
     n, h, w, c = images.shape
     rows = [images[:, i:i + p, j:j + p, :].reshape(n, -1)
@@ -302,6 +314,18 @@ def _cases() -> list[OpCase]:
         lambda r, d: (_normal(r, d, 3, 7, 4), _normal(r, d, 3, 5), _normal(r, d, 4, 5, scale=0.5),
                       _normal(r, d, 5, 5, scale=0.4), _normal(r, d, 5, scale=0.1)),
         _ref_rnn)
+    add("lstm", "B=3 T=7 D=4 H=5", F.lstm,
+        lambda r, d: (_normal(r, d, 3, 7, 4), _normal(r, d, 3, 5), _normal(r, d, 3, 5),
+                      _normal(r, d, 4, 20, scale=0.5), _normal(r, d, 5, 20, scale=0.4), _normal(r, d, 20, scale=0.1)),
+        _ref_lstm)
+    add("lstm", "B=2 T=1 D=3 H=4 single step", F.lstm,
+        lambda r, d: (_normal(r, d, 2, 1, 3), _normal(r, d, 2, 4), _normal(r, d, 2, 4),
+                      _normal(r, d, 3, 16, scale=0.5), _normal(r, d, 4, 16, scale=0.4), _normal(r, d, 16, scale=0.1)),
+        _ref_lstm)
+    add("lstm", "B=2 T=32 D=3 H=4 long sequence", F.lstm,
+        lambda r, d: (_normal(r, d, 2, 32, 3), _normal(r, d, 2, 4), _normal(r, d, 2, 4),
+                      _normal(r, d, 3, 16, scale=0.5), _normal(r, d, 4, 16, scale=0.4), _normal(r, d, 16, scale=0.1)),
+        _ref_lstm)
 
     # patches and tokens
     add("patchify", "images(2,8,12,3) patch=4", lambda x: F.patchify(x, 4),

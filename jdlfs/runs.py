@@ -213,17 +213,25 @@ def experiment_parser(name: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
-def local_devices(args: argparse.Namespace) -> list:
-    """The devices ``--devices`` asks for: the first N local devices, all of them when not given.
+def local_devices(args: argparse.Namespace, batch_size: int | None = None) -> list:
+    """The devices ``--devices`` asks for: the first N devices, all of them when not given.
+
+    With several processes (``jax.distributed.initialize()``), these are the
+    global devices, so the mesh spans every host. ``batch_size`` (the global
+    batch) is checked against the count.
 
     Raises:
-      UsageError: more devices asked for than there are.
+      UsageError: more devices asked for than there are, or a batch size the
+        device count does not divide.
     """
-    available = jax.local_devices()
+    available = jax.devices()
     n = len(available) if getattr(args, "devices", None) is None else args.devices
     if n > len(available):
-        raise UsageError(f"--devices {n} asks for more devices than the {len(available)} this machine has "
+        raise UsageError(f"--devices {n} asks for more devices than the {len(available)} available "
                          f"({', '.join(str(d) for d in available)})")
+    if batch_size is not None and batch_size % n:
+        raise UsageError(f"the batch size {batch_size} is not divisible by the {n} devices: each device gets an "
+                         f"equal share; pass --devices N with N dividing {batch_size} (or change --batch-size)")
     return available[:n]
 
 

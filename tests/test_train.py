@@ -318,7 +318,10 @@ _MULTI = textwrap.dedent("""
         for a, c in zip(jax.tree.leaves((res[1].params, res[1].state)), jax.tree.leaves((res[8].params, res[8].state))):
             a, c = np.asarray(a), np.asarray(c)
             worst = max(worst, float(np.max(np.abs(a - c)) / max(np.max(np.abs(a)), 1e-6)))
+        ev1 = train.evaluate(train.classification(model).evaluate, res[8].params, res[8].state, (x[:13], y[:13]),
+                             devices=1)                           # 8-device results evaluated on one device
         out[name] = {"worst_relative": worst, "sharding": str(jax.tree.leaves(res[8].params)[0].sharding),
+                     "eval_one_device_matches": ev1["accuracy"] == res[8].test_metrics["accuracy"],
                      "test_count": res[8].test_metrics["count"],
                      "same_test_accuracy": res[1].history[-1]["test_accuracy"] == res[8].history[-1]["test_accuracy"]}
     try:
@@ -339,7 +342,7 @@ def test_eight_devices_train_like_one():
     for name in ("mlp", "cifar_cnn_bn"):
         assert out[name]["worst_relative"] < 1e-4, out
         assert "'data': 8" in out[name]["sharding"] and out[name]["test_count"] == 13
-        assert out[name]["same_test_accuracy"]
+        assert out[name]["same_test_accuracy"] and out[name]["eval_one_device_matches"]
     assert "batch_size=12 is not divisible by the 8 devices" in out["error"]
 
 
@@ -379,3 +382,100 @@ def test_resume_from_a_corrupted_checkpoint_names_the_file(tmp_path):
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
     with pytest.raises(ValueError, match=str(ckpt)):
         _fit(2, checkpoint=ckpt)
+
+
+def test_curve_windows_cross_epoch_borders_and_resume_exactly(tmp_path):
+    """5 examples, batch 1, log every 3 steps: windows straddle the epoch border
+    (steps 4-6 = examples 3, 4 of epoch 1 and 0 of epoch 2), also across a resume."""
+    xs = np.arange(5, dtype=np.float32)[:, None]
+
+    def objective(params, state, batch, key):
+        loss = jnp.sum(params["w"] * batch)
+        return loss, (state, {"x": jnp.sum(batch), "count": jnp.float32(batch.shape[0])})
+
+    common = dict(batch_size=1, key=jax.random.key(0), shuffle=False, log_every=3, progress=False)
+    r = train.fit(objective, {"w": jnp.zeros(())}, {}, optax.sgd(0.0), xs, epochs=3, **common)
+    assert [c["step"] for c in r.curve] == [3, 6, 9, 12, 15]
+    assert [c["train_x"] for c in r.curve] == pytest.approx([1.0, 7 / 3, 2.0, 5 / 3, 3.0])
+    ckpt = tmp_path / "c"
+    train.fit(objective, {"w": jnp.zeros(())}, {}, optax.sgd(0.0), xs, epochs=1, checkpoint=ckpt, **common)
+    resumed = train.fit(objective, {"w": jnp.zeros(())}, {}, optax.sgd(0.0), xs, epochs=3, checkpoint=ckpt, **common)
+    assert resumed.curve == r.curve
+
+
+def test_a_damaged_or_foreign_checkpoint_is_refused_before_training(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    _fit(1, checkpoint=ckpt)
+    (ckpt / "manifest.json").write_text((ckpt / "manifest.json").read_text()[:50])
+    with pytest.raises(ValueError, match="ckpt"):
+        _fit(3, checkpoint=ckpt)
+    pickle_path = tmp_path / "old.pkl"
+    pickle_path.write_bytes(b"\x80\x04K\x01.")                        # a pickle where a checkpoint should be
+    with pytest.raises(ValueError, match="old.pkl"):
+        _fit(1, checkpoint=pickle_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert len(_fit(1, checkpoint=empty).history) == 1                 # an empty directory is a fresh start
+
+
+def test_resume_refuses_fewer_epochs_than_the_checkpoint(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    _fit(2, checkpoint=ckpt)
+    with pytest.raises(ValueError, match="holds 2 epochs, more than epochs=1"):
+        _fit(1, checkpoint=ckpt)
+
+
+def test_save_and_load_checkpoint_helpers(tmp_path):
+    model = models.mlp((8, 4, 3))
+    params, state = model.init(jax.random.key(0), (1, 8))
+    ts = train.init_train_state(params, state, optax.adam(1e-3))
+    train.save_checkpoint(tmp_path / "c", ts, 3, [{"epoch": 3}])
+    back, epoch, history = train.load_checkpoint(tmp_path / "c", ts)
+    assert epoch == 3 and history == [{"epoch": 3}]
+    chex.assert_trees_all_equal(jax.tree.map(np.asarray, back), jax.tree.map(np.asarray, ts))
+    with pytest.raises(ValueError, match="holds 14 arrays, the model has 5"):   # adam's state is not sgd's
+        train.load_checkpoint(tmp_path / "c", train.init_train_state(params, state, optax.sgd(0.1)))
+
+
+def test_make_scan_steps_matches_the_loop():
+    model = models.mlp((8, 16, 3))
+    params, state = model.init(jax.random.key(0), (1, 8))
+    x, y = blobs(96)
+    task, opt = train.classification(model), optax.sgd(0.1)
+    step = train.make_train_step(task.objective, opt)
+    run = train.make_scan_steps(step)
+    ts, metrics = run(train.init_train_state(params, state, opt), (x.reshape(3, 32, 8), y.reshape(3, 32)),
+                      jax.random.key(1))
+    ref = train.init_train_state(params, state, opt)
+    for i in range(3):
+        ref, _ = step(ref, (x[32 * i:32 * (i + 1)], y[32 * i:32 * (i + 1)]), jax.random.fold_in(jax.random.key(1), i))
+    chex.assert_trees_all_close(ts.params, ref.params, rtol=1e-6)
+    assert metrics["count"].shape == (3,)
+
+
+def test_objective_mistakes_get_clear_messages():
+    model = models.mlp((8, 16, 3))
+    params, state = model.init(jax.random.key(0), (1, 8))
+    x, y = blobs(64)
+    common = dict(epochs=1, batch_size=32, key=jax.random.key(0), progress=False)
+    with pytest.raises(ValueError, match="'count'"):
+        train.fit(lambda p, s, b, k: (jnp.float32(0), (s, {"loss": jnp.float32(0)})), params, state,
+                  optax.sgd(0.1), (x, y), **common)
+    with pytest.raises(TypeError, match=r"must return \(loss, \(new_state, metrics\)\)"):
+        train.fit(lambda p, s, b, k: jnp.float32(0), params, state, optax.sgd(0.1), (x, y), **common)
+    with pytest.raises(TypeError, match="train.classification"):
+        train.fit(model.apply, params, state, optax.sgd(0.1), (x, y), **common)
+    with pytest.raises(TypeError, match="key must be a single PRNG key"):
+        train.fit(model, params, state, optax.sgd(0.1), (x, y), epochs=1, batch_size=32, key=0, progress=False)
+    ok = train.fit(lambda p, s, b, k: (jnp.float32(0) * p["fc1"]["w"].sum(), (s, {"count": 4})), params, state,
+                   optax.sgd(0.1), (x, y), **common)              # a Python int count is fine
+    assert ok.history[0]["step"] == 2
+
+
+def test_sequence_labels_are_range_checked_except_padding():
+    task = train.sequence(lambda p, s, x, key=None, train=False: (p, s), pad_id=0, vocab_size=5)
+    task.check((np.zeros((2, 3), np.int32), np.array([[1, 4, 0], [0, 0, 2]])), "train_data")
+    with pytest.raises(ValueError, match=r"train_data has 1 labels outside \[0, 5\) \(pad_id 0 aside\)"):
+        task.check((np.zeros((2, 3), np.int32), np.array([[1, 7, 0], [0, 0, 2]])), "train_data")
+    with pytest.raises(ValueError, match="labels outside"):
+        train.sequence(lambda *a, **k: None).check((None, np.array([[1, -1]])), "test_data")

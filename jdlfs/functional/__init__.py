@@ -15,6 +15,7 @@ from .dropout import dropout
 from .embedding import embedding
 from .linear import linear
 from .losses import binary_cross_entropy_with_logits, mse, softmax_cross_entropy
+from .lstm import lstm
 from .normalization import batch_norm, batch_norm_inference, layer_norm
 from .patches import patchify, take_tokens, unpatchify
 from .pooling import avg_pool2d, global_avg_pool, max_pool2d
@@ -29,5 +30,5 @@ __all__ = [
     "softmax_cross_entropy", "binary_cross_entropy_with_logits", "mse",
     "dropout", "batch_norm", "batch_norm_inference", "layer_norm", "embedding",
     "attention", "split_heads", "merge_heads", "causal_mask",
-    "rnn", "patchify", "unpatchify", "take_tokens",
+    "rnn", "lstm", "patchify", "unpatchify", "take_tokens",
 ]

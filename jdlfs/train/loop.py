@@ -14,8 +14,13 @@ Measured on the 2-core CPU (jax 0.10.2, ``scripts/bench_train.py``): a
 while loop, which is 20-60x slower than the same convolutions outside one
 (upstream jax-ml/jax#12868): CIFAR CNN 30 images/s scanned vs ~680 in a loop
 of jitted steps. The loop costs the MLP little against a scan (the step
-dominates its ~20 us dispatch); the numbers for every model are in the
-module docstring of ``scripts/bench_train.py`` and in the README.
+dominates its ~20 us dispatch). ``scripts/bench_train.py`` measures fit's
+epoch against a bare loop of the same jitted step and against a scan, per
+model; its table is in the README.
+
+**Metric sums** are accumulated on the device in float32 and moved into
+float64 host sums at every progress update (about once a second), curve
+point and epoch end, so counts stay exact and long epochs do not drift.
 
 **Randomness.** Epoch ``e`` uses ``fold_in(key, e)``, split into the shuffle
 key and the step key; step ``s`` uses ``fold_in(step_key, s)``. A run resumed
@@ -26,10 +31,10 @@ an uninterrupted run uses: the same final parameters, bit for bit.
 from __future__ import annotations
 
 import functools
-import math
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import jax
@@ -67,7 +72,7 @@ def _sum_zeros(shapes) -> dict:
 
 
 def _add(acc, new):
-    return jax.tree.map(lambda a, b: a + b.astype(a.dtype), acc, new)
+    return jax.tree.map(lambda a, b: a + jnp.asarray(b).astype(a.dtype), acc, new)
 
 
 def _batch_like(data, batch_size: int):
@@ -122,7 +127,9 @@ class Evaluator:
     def __call__(self, params, state) -> dict:
         shapes = jax.eval_shape(lambda p, s, b, w: self.eval_fn(p, s, b, weights=w), params, state,
                                 _batch_like(self.data, self.batch_size), self.weights[0])
-        acc = jax.device_put(_sum_zeros(shapes), parallel.replicated(self.mesh))
+        rep = parallel.replicated(self.mesh)
+        params, state = jax.device_put((params, state), rep)
+        acc = jax.device_put(_sum_zeros(shapes), rep)
         for i in range(self.num_batches):
             acc = self.run(params, state, acc, self.data, self.order, self.weights, np.int32(i))
         return jax.device_get(acc)
@@ -143,7 +150,7 @@ def make_evaluate(model: Layer, *, num_classes: int | None = None, preprocess: C
     task = classification(model, num_classes=num_classes, preprocess=preprocess)
 
     def run(params, state, images, labels):
-        task.check((images, labels), "labels")
+        task.check((images, labels), "data")
         return evaluate(task.evaluate, params, state, (images, labels), batch_size=batch_size, devices=devices)
 
     return run
@@ -240,16 +247,23 @@ def fit(task, params, state, optimizer: optax.GradientTransformation, train_data
       checkpoint: a directory; the train state, history and curve are saved
         (:mod:`jdlfs.checkpoint`, no pickle) after every epoch, and a run that
         finds a checkpoint there resumes after its last epoch, bit-identical
-        to an uninterrupted run. A checkpoint of another model, optimizer,
-        key, batch size or dataset size is refused with an error.
+        to an uninterrupted run (the curve's window across an epoch border
+        included). A checkpoint that cannot be read, or that was made with
+        another model or optimizer state structure, key, batch size, dataset
+        size or shuffling, is refused with a ``CheckpointError`` naming it (the
+        optimizer's hyperparameters and the data's values are not recorded:
+        keep them the same). A checkpoint with more epochs than ``epochs`` is
+        refused too.
       on_epoch: called with each epoch's history record (after its
         evaluation and checkpoint), e.g. to log one line per epoch.
       devices: ``None`` (all devices), a count, or a list: data parallelism
         over a 1-D mesh (:mod:`jdlfs.train.parallel`); ``batch_size`` must be
-        divisible by the device count.
+        divisible by the device count. The training and test data are
+        replicated on every device; the result's arrays live on the mesh.
 
     Returns a :class:`FitResult`: final params/state, ``history`` (per epoch:
-    ``train_<metric>``, ``test_<metric>``, ``train_seconds``,
+    ``train_<metric>``, ``test_<metric>``, ``train_seconds`` (training only:
+    the ``eval_every`` evaluations inside the epoch are not counted),
     ``train_examples_per_second``, ``test_seconds``), ``curve``,
     ``test_metrics`` (the last evaluation, with the confusion matrix for
     classification) and the final ``train_state``.
@@ -261,6 +275,7 @@ def fit(task, params, state, optimizer: optax.GradientTransformation, train_data
     _positive_int("batch_size", batch_size)
     _positive_int("eval_every", eval_every, allow_none=True)
     _positive_int("log_every", log_every, allow_none=True)
+    _check_key(key)
     log_every = log_every or eval_every
     mesh = parallel.make_mesh(devices)
     parallel.check_divisible(batch_size, mesh)
@@ -282,36 +297,48 @@ def fit(task, params, state, optimizer: optax.GradientTransformation, train_data
     step = make_train_step(task.objective, optimizer)
     run = _epoch_step(step, mesh)
 
-    copy = lambda t: jax.tree.map(lambda a: jnp.array(a, copy=True), t)   # noqa: E731  donation must not eat the caller's arrays
-    ts = jax.device_put(copy(init_train_state(params, state, optimizer)), rep)
+    ts = jax.device_put(_fresh_copy(init_train_state(params, state, optimizer)), rep)
+    shapes = _metric_shapes(task.objective, step, ts, _batch_like(data, batch_size))
     start_epoch, history, curve = 0, [], []
+    window = _host_zeros(shapes)                    # training sums since the last curve point (crosses epochs)
     fingerprint = {"key": np.asarray(jax.random.key_data(key)).tolist(), "batch_size": int(batch_size),
                    "num_examples": int(n), "shuffle": bool(shuffle)}
-    if checkpoint is not None and ckpt.exists(checkpoint):
-        restored, meta = ckpt.load(checkpoint, ts)
+    if checkpoint is not None and _checkpoint_present(checkpoint):
+        restored, meta = ckpt.load(checkpoint, ts)                     # raises CheckpointError naming the file
         for k, v in fingerprint.items():
             if meta.get("run", {}).get(k) != v:
                 raise ckpt.CheckpointError(checkpoint, f"was made with {k}={meta.get('run', {}).get(k)!r}, this run "
                                            f"has {k}={v!r}: resuming would not continue the same run (use a new "
                                            "checkpoint directory)")
+        if int(meta["epoch"]) > epochs:
+            raise ckpt.CheckpointError(checkpoint, f"holds {meta['epoch']} epochs, more than epochs={epochs}: "
+                                       "pass epochs >= the checkpoint's to continue it, or use a new directory")
         ts = jax.device_put(TrainState(*restored), rep)
         start_epoch, history, curve = int(meta["epoch"]), list(meta["history"]), list(meta.get("curve", []))
+        window = jax.tree.map(lambda z, v: np.asarray(v, z.dtype), window, meta.get("window", window))
 
-    shapes = jax.eval_shape(step, ts, _batch_like(data, batch_size), jax.random.key(0))[1]
-    test_metrics = None
+    test_metrics, test_step = None, None
     if evaluator is not None and eval_every and start_epoch == 0 and not curve:
-        test_metrics = summarize(evaluator(ts.params, ts.state))
+        test_metrics, test_step = summarize(evaluator(ts.params, ts.state)), 0
         curve.append({"step": 0, "epoch": 0.0, **_flat("test", test_metrics)})
 
-    bar = tqdm(total=(epochs - start_epoch) * steps, desc=desc, disable=not progress, unit="step",
+    bar = tqdm(total=max(epochs - start_epoch, 0) * steps, desc=desc, disable=not progress, unit="step",
                dynamic_ncols=True)
     for epoch in range(start_epoch, epochs):
-        t0 = time.perf_counter()
+        t0, eval_seconds = time.perf_counter(), 0.0
         shuffle_key, step_key = jax.random.split(jax.random.fold_in(key, epoch))
         order = jax.device_put(order_of(shuffle_key), rep)
         start = jax.device_put(jnp.int32(epoch * steps), rep)
         acc = jax.device_put(_sum_zeros(shapes), rep)
-        window_start, last_post = jax.device_get(acc), time.monotonic()
+        epoch_sums, last_post = _host_zeros(shapes), time.monotonic()
+
+        def flush(acc):
+            """Move the on-device float32 sums into float64 host sums (exact counts, no float32 drift)."""
+            got = jax.device_get(acc)
+            for tree in (epoch_sums, window):
+                jax.tree.map(lambda h, g: h.__iadd__(g), tree, got)
+            return jax.device_put(_sum_zeros(shapes), rep)
+
         for i in range(steps):
             ts, acc = run(ts, acc, data, order, step_key, start)
             bar.update(1)
@@ -319,29 +346,32 @@ def fit(task, params, state, optimizer: optax.GradientTransformation, train_data
             do_eval = evaluator is not None and eval_every is not None and s % eval_every == 0
             point = do_eval or (log_every is not None and s % log_every == 0)
             if point or time.monotonic() - last_post > 1.0:
-                now = jax.device_get(acc)
-                bar.set_postfix(epoch=epoch + 1, **{k: f"{v:.4f}" for k, v in _flat("train", summarize(now)).items()})
+                acc = flush(acc)
+                bar.set_postfix(epoch=epoch + 1, **{k: f"{v:.4f}" for k, v in _flat("train", summarize(epoch_sums)).items()})
                 last_post = time.monotonic()
                 if point:
-                    rec = {"step": s, "epoch": epoch + (i + 1) / steps,
-                           **_flat("train", summarize(jax.tree.map(np.subtract, now, window_start)))}
-                    window_start = now
+                    rec = {"step": s, "epoch": epoch + (i + 1) / steps, **_flat("train", summarize(window))}
+                    window = _host_zeros(shapes)
                     if do_eval:
-                        test_metrics = summarize(evaluator(ts.params, ts.state))
+                        t1 = time.perf_counter()
+                        test_metrics, test_step = summarize(evaluator(ts.params, ts.state)), s
+                        eval_seconds += time.perf_counter() - t1
                         rec.update(_flat("test", test_metrics))
                     curve.append(rec)
-        sums = jax.device_get(acc)
-        seconds = time.perf_counter() - t0
-        record = {"epoch": epoch + 1, "step": int((epoch + 1) * steps), **_flat("train", summarize(sums)),
+        flush(acc)
+        seconds = time.perf_counter() - t0 - eval_seconds
+        record = {"epoch": epoch + 1, "step": int((epoch + 1) * steps), **_flat("train", summarize(epoch_sums)),
                   "train_seconds": seconds, "train_examples_per_second": steps * batch_size / seconds}
         if evaluator is not None:
             t1 = time.perf_counter()
-            test_metrics = summarize(evaluator(ts.params, ts.state))
+            if test_step != (epoch + 1) * steps:                   # not evaluated at this very step already
+                test_metrics, test_step = summarize(evaluator(ts.params, ts.state)), (epoch + 1) * steps
             record.update(_flat("test", test_metrics), test_seconds=time.perf_counter() - t1)
             bar.set_postfix(epoch=epoch + 1, **{k: f"{v:.4f}" for k, v in _flat("test", test_metrics).items()})
         history.append(record)
         if checkpoint is not None:
             ckpt.save(checkpoint, ts, metadata={"epoch": epoch + 1, "history": history, "curve": curve,
+                                                "window": jax.tree.map(lambda a: a.tolist(), window),
                                                 "run": fingerprint})
         if on_epoch is not None:
             on_epoch(record)
@@ -349,6 +379,70 @@ def fit(task, params, state, optimizer: optax.GradientTransformation, train_data
     if test_metrics is None and evaluator is not None:                    # resumed after the last epoch
         test_metrics = summarize(evaluator(ts.params, ts.state))
     return FitResult(ts.params, ts.state, history, ts, curve, test_metrics)
+
+
+def _check_key(key) -> None:
+    ok = isinstance(key, jax.Array) and (
+        jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) or (key.dtype == jnp.uint32 and key.shape == (2,)))
+    if not ok or getattr(key, "shape", None) not in ((), (2,)):
+        raise TypeError(f"key must be a single PRNG key such as jax.random.key(0), got {key!r:.80}")
+
+
+def _checkpoint_present(path) -> bool:
+    """Anything at ``path`` (or a half-replaced ``.<name>.old`` beside it) is a checkpoint to load or refuse;
+    only a missing path or an empty directory starts a new run."""
+    p = Path(path)
+    if (p.parent / f".{p.name}.old").exists():
+        return True
+    if not p.exists():
+        return False
+    return not (p.is_dir() and not any(p.iterdir()))
+
+
+def _fresh_copy(tree):
+    """Copies of the caller's arrays: the jitted steps donate their inputs, which must not be the caller's."""
+    return jax.tree.map(lambda a: jnp.array(a, copy=True), tree)
+
+
+def _host_zeros(shapes):
+    """float64 / int64 host accumulators for metric sums."""
+    return jax.tree.map(lambda s: np.zeros(s.shape, np.int64 if jnp.issubdtype(s.dtype, jnp.integer) else np.float64),
+                        shapes)
+
+
+def _metric_shapes(objective, step, ts, batch):
+    """The metric sums' shapes, checking once what the objective returns (clear errors, not JAX internals)."""
+    try:
+        out = jax.eval_shape(objective, ts.params, ts.state, batch, jax.random.key(0))
+    except TypeError as e:
+        raise TypeError(f"calling the objective as objective(params, state, batch, key) failed: {e}. fit treats a "
+                        "plain function as an objective; for a model or its apply function use "
+                        "train.classification(model) or train.sequence(model)") from e
+    if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], tuple) and len(out[1]) == 2):
+        raise TypeError("an objective must return (loss, (new_state, metrics)); got "
+                        f"{jax.tree.structure(out)}")
+    loss, (_, metrics) = out
+    if getattr(loss, "shape", None) != ():
+        raise ValueError(f"the objective's loss must be a scalar, got shape {getattr(loss, 'shape', None)}")
+    if not isinstance(metrics, dict) or "count" not in metrics:
+        raise ValueError("the objective's metrics must be a dict of sums with a 'count' entry (e.g. "
+                         "{'loss': loss * n, 'count': n}); got "
+                         f"{sorted(metrics) if isinstance(metrics, dict) else type(metrics).__name__}")
+    return jax.eval_shape(step, ts, batch, jax.random.key(0))[1]
+
+
+# ---------------------------------------------------------------- checkpoints
+def save_checkpoint(path: str | os.PathLike, ts: TrainState, epoch: int, history: list, **metadata) -> None:
+    """Save a train state with its epoch and history (:func:`jdlfs.checkpoint.save`: atomic, no pickle)."""
+    ckpt.save(path, ts, metadata={"epoch": int(epoch), "history": list(history), **metadata})
+
+
+def load_checkpoint(path: str | os.PathLike, like: TrainState) -> tuple[TrainState, int, list]:
+    """``(ts, epoch, history)`` from a checkpoint made by :func:`save_checkpoint` or :func:`fit`; ``like`` is a
+    train state of the same model and optimizer (e.g. ``init_train_state(params, state, optimizer)``).
+    Raises :class:`jdlfs.checkpoint.CheckpointError` naming the file for anything unreadable or mismatched."""
+    tree, meta = ckpt.load(path, like)
+    return TrainState(*tree), int(meta.get("epoch", 0)), list(meta.get("history", []))
 
 
 # ---------------------------------------------------------------- full batch
@@ -369,8 +463,7 @@ def full_batch(task, params, state, optimizer: optax.GradientTransformation, bat
         ts, loss, _ = update(ts, batch, jax.random.fold_in(key, i))
         return ts, losses.at[i].set(loss.astype(losses.dtype))
 
-    copy = lambda t: jax.tree.map(lambda a: jnp.array(a, copy=True), t)   # noqa: E731
-    ts = copy(init_train_state(params, state, optimizer))
+    ts = _fresh_copy(init_train_state(params, state, optimizer))
     batch = jax.tree.map(jnp.asarray, batch)
     losses = jnp.zeros((steps,), jnp.float32)
     for _ in range(steps):

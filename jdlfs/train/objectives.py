@@ -93,7 +93,7 @@ def _label_leaf(data, name: str):
     return np.asarray(data[1]) if not isinstance(data[1], jax.Array) else data[1]
 
 
-def _check_labels(num_classes: int | None, ndim: int, what: str):
+def _check_labels(num_classes: int | None, ndim: int, what: str, pad_id: int | None = None):
     def check(data, name):
         labels = _label_leaf(data, name)
         if not jnp.issubdtype(labels.dtype, jnp.integer):
@@ -101,11 +101,16 @@ def _check_labels(num_classes: int | None, ndim: int, what: str):
         if labels.ndim != ndim:
             raise ValueError(f"{name} labels must have shape {'(N,)' if ndim == 1 else '(N, T)'} ({what}), "
                              f"got {tuple(labels.shape)}")
-        if num_classes is not None and labels.size:
-            lo, hi = int(labels.min()), int(labels.max())
-            if lo < 0 or hi >= num_classes:
-                bad = int(np.sum((np.asarray(labels) < 0) | (np.asarray(labels) >= num_classes)))
-                raise ValueError(f"{name} has {bad} labels outside [0, {num_classes}) (min {lo}, max {hi})")
+        if not labels.size:
+            return
+        values = np.asarray(labels)
+        real = values if pad_id is None else values[values != pad_id]
+        bad = (real < 0) if num_classes is None else ((real < 0) | (real >= num_classes))
+        if np.any(bad):
+            span = "[0, inf)" if num_classes is None else f"[0, {num_classes})"
+            extra = "" if pad_id is None else f" (pad_id {pad_id} aside)"
+            raise ValueError(f"{name} has {int(np.sum(bad))} labels outside {span}{extra} "
+                             f"(min {int(real.min())}, max {int(real.max())})")
     return check
 
 
@@ -183,13 +188,16 @@ def classification(model, *, num_classes: int | None = None, preprocess: Callabl
 
 
 # ---------------------------------------------------------------- sequences
-def sequence(model, *, pad_id: int | None = None, label_smoothing: float = 0.0,
+def sequence(model, *, pad_id: int | None = None, vocab_size: int | None = None, label_smoothing: float = 0.0,
              preprocess: Callable | None = None) -> Task:
     """Per-token classification: ``batch = (inputs, labels)`` with labels
     ``(B, T)`` token ids and logits ``(B, T, V)``.
 
     Positions whose label is ``pad_id`` carry no loss and no gradient and do
-    not count; the loss is the mean over the real tokens of the batch.
+    not count; the loss is the mean over the real tokens of the batch. The
+    host-side ``check`` refuses labels outside ``[0, vocab_size)`` (negative
+    ones when ``vocab_size`` is not given), ``pad_id`` aside: such a label
+    would add zero loss yet count, making the loss look better than it is.
     Metrics (training and evaluation): ``loss`` (nats per token; evaluation
     without label smoothing), ``accuracy`` (token accuracy),
     ``bits_per_token`` (= loss / ln 2: bits per character for a character
@@ -228,4 +236,4 @@ def sequence(model, *, pad_id: int | None = None, label_smoothing: float = 0.0,
     def evaluate(params, state, batch, *, weights=None):
         return _run(params, state, batch, None, False, weights, 0.0)[2]
 
-    return Task(objective, evaluate, _check_labels(None, 2, "token ids"))
+    return Task(objective, evaluate, _check_labels(vocab_size, 2, "token ids", pad_id))

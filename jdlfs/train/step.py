@@ -55,3 +55,24 @@ def make_update(objective: Callable, optimizer: optax.GradientTransformation) ->
         return TrainState(params, new_state, opt_state, ts.step + 1), loss, metrics
 
     return update
+
+
+def make_scan_steps(train_step: Callable) -> Callable:
+    """Jitted ``run(ts, batches, key) -> (ts, metrics)``: ``train_step`` over
+    stacked batches (every leaf ``(steps, B, ...)``, e.g. from
+    :func:`jdlfs.data.epoch_arrays`) in one ``lax.scan``, step key
+    ``fold_in(key, ts.step)``; ``metrics`` stacked per step.
+
+    :func:`jdlfs.train.fit` does not use it: XLA:CPU runs convolutions 20-60x
+    slower inside a while loop (``scripts/bench_train.py`` measures both).
+    It is here for models where a scan measures faster, and as the reference
+    the benchmark compares against.
+    """
+    @jax.jit
+    def run(ts, batches, key):
+        def body(ts, batch):
+            return train_step(ts, batch, jax.random.fold_in(key, ts.step))
+
+        return jax.lax.scan(body, ts, batches)
+
+    return run
