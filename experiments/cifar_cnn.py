@@ -83,43 +83,64 @@ GRAD_LAYERS = ("conv1", "conv2", "conv3", "fc1", "fc2")
 # ---------------------------------------------------------------- logging
 def log_epoch(label: str):
     """One line per finished epoch (``fit`` itself is silent with ``--no-progress``)."""
+
     def log(h: dict) -> None:
         test = f", test acc {100 * h['test_accuracy']:.2f}%" if "test_accuracy" in h else ""
-        print(f"[{label}] epoch {h['epoch']}: train loss {h['train_loss']:.4f}, "
-              f"train acc {100 * h['train_accuracy']:.2f}%{test}, {h['train_seconds']:.1f} s "
-              f"({h['train_examples_per_second']:.0f} img/s)", file=sys.stderr, flush=True)
+        print(
+            f"[{label}] epoch {h['epoch']}: train loss {h['train_loss']:.4f}, "
+            f"train acc {100 * h['train_accuracy']:.2f}%{test}, {h['train_seconds']:.1f} s "
+            f"({h['train_examples_per_second']:.0f} img/s)",
+            file=sys.stderr,
+            flush=True,
+        )
+
     return log
 
 
 # ---------------------------------------------------------------- recipe
 def make_optimizer(args, lr: float, total_steps: int) -> optax.GradientTransformation:
-    schedule = optax.cosine_onecycle_schedule(total_steps, lr, pct_start=0.15, div_factor=25.0,
-                                              final_div_factor=1e3)
+    schedule = optax.cosine_onecycle_schedule(total_steps, lr, pct_start=0.15, div_factor=25.0, final_div_factor=1e3)
     if args.optimizer == "adamw":
         return optax.adamw(schedule, weight_decay=args.weight_decay)
-    return optax.chain(optax.add_decayed_weights(args.weight_decay),
-                       optax.sgd(schedule, momentum=0.9, nesterov=True))
+    return optax.chain(optax.add_decayed_weights(args.weight_decay), optax.sgd(schedule, momentum=0.9, nesterov=True))
 
 
-def fit_one(args, name: str, batch_norm: bool, lr: float, epochs: int, train_data, test_data, preprocess,
-            key, out: Path):
+def fit_one(
+    args, name: str, batch_norm: bool, lr: float, epochs: int, train_data, test_data, preprocess, key, out: Path
+):
     model = models.cifar_cnn(batch_norm=batch_norm, dropout=args.dropout)
     init_key, train_key = jax.random.split(key)
     params, state = model.init(init_key, (1, 32, 32, 3))
     total = epochs * (len(train_data[1]) // args.batch_size)
-    task = train.classification(model, preprocess=preprocess, label_smoothing=args.label_smoothing,
-                                augment=None if args.no_augment else data.crop_and_flip)
+    task = train.classification(
+        model,
+        preprocess=preprocess,
+        label_smoothing=args.label_smoothing,
+        augment=None if args.no_augment else data.crop_and_flip,
+    )
     ckpt = out / runs.CHECKPOINT / name
     trained = []
-    result = train.fit(task, params, state, make_optimizer(args, lr, total), train_data, epochs=epochs,
-                       batch_size=args.batch_size, key=train_key, test_data=test_data, checkpoint=ckpt,
-                       devices=runs.local_devices(args, args.batch_size), progress=not args.no_progress, desc=name,
-                       on_epoch=lambda h: (trained.append(h), log_epoch(name)(h)))
+    result = train.fit(
+        task,
+        params,
+        state,
+        make_optimizer(args, lr, total),
+        train_data,
+        epochs=epochs,
+        batch_size=args.batch_size,
+        key=train_key,
+        test_data=test_data,
+        checkpoint=ckpt,
+        devices=runs.local_devices(args, args.batch_size),
+        progress=not args.no_progress,
+        desc=name,
+        on_epoch=lambda h: (trained.append(h), log_epoch(name)(h)),
+    )
     TRAINED_NOW[name] = len(trained)
     return model, (params, state), result
 
 
-TRAINED_NOW: dict = {}        # run name -> epochs trained by this process (0: all restored from its checkpoint)
+TRAINED_NOW: dict = {}  # run name -> epochs trained by this process (0: all restored from its checkpoint)
 
 
 def load_shuffled(args):
@@ -162,8 +183,13 @@ def largest_confusion(conf, names) -> dict:
     np.fill_diagonal(conf, -1)
     i, j = np.unravel_index(int(np.argmax(conf)), conf.shape)
     pair = np.asarray(conf)[[i, j], [j, i]]
-    return {"true": names[i], "predicted": names[j], "count": int(conf[i, j]),
-            "pair": f"{names[i]} <-> {names[j]}", "pair_count_both_ways": int(pair.sum())}
+    return {
+        "true": names[i],
+        "predicted": names[j],
+        "count": int(conf[i, j]),
+        "pair": f"{names[i]} <-> {names[j]}",
+        "pair_count_both_ways": int(pair.sum()),
+    }
 
 
 # ---------------------------------------------------------------- figures
@@ -189,8 +215,11 @@ def plot_sweep(sweep: dict, epochs: int, n_train: int):
         lrs = sorted(points, key=float)
         ax.plot([float(x) for x in lrs], [100 * points[x] for x in lrs], "o-", label=LABELS[name])
     ax.set_xscale("log")
-    ax.set(xlabel="peak learning rate (one-cycle)", ylabel="test accuracy (%)",
-           title=f"learning-rate sweep ({epochs} epochs on {n_train} images)")
+    ax.set(
+        xlabel="peak learning rate (one-cycle)",
+        ylabel="test accuracy (%)",
+        title=f"learning-rate sweep ({epochs} epochs on {n_train} images)",
+    )
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     return fig
@@ -202,9 +231,13 @@ def plot_grad_norms(norms: dict):
     width = 0.8 / len(groups)
     x = np.arange(len(GRAD_LAYERS))
     for i, (m, when) in enumerate(groups):
-        ax.bar(x + (i - (len(groups) - 1) / 2) * width, [norms[m][when][n] for n in GRAD_LAYERS], width,
-               label=f"{LABELS[m]}, {'at init' if when == 'init' else 'after training'}",
-               hatch="" if when == "init" else "//")
+        ax.bar(
+            x + (i - (len(groups) - 1) / 2) * width,
+            [norms[m][when][n] for n in GRAD_LAYERS],
+            width,
+            label=f"{LABELS[m]}, {'at init' if when == 'init' else 'after training'}",
+            hatch="" if when == "init" else "//",
+        )
     ax.set_xticks(x, GRAD_LAYERS)
     ax.set_yscale("log")
     ax.set(ylabel="||dL/dW||_2", title="gradient L2 norm per layer (same batch)")
@@ -244,8 +277,12 @@ def main(argv=None) -> dict:
     p = runs.experiment_parser("cifar_cnn", __doc__.split("\n\n")[0])
     p.add_argument("--epochs", type=int, default=20, help="epochs of each main run (--quick: 1)")
     p.add_argument("--batch-size", type=int, default=128, help="examples per step")
-    p.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd",
-                   help="SGD + Nesterov momentum 0.9 + weight decay, or AdamW")
+    p.add_argument(
+        "--optimizer",
+        choices=["sgd", "adamw"],
+        default="sgd",
+        help="SGD + Nesterov momentum 0.9 + weight decay, or AdamW",
+    )
     p.add_argument("--lr", type=float, default=None, help="peak learning rate; default 0.05 (sgd), 3e-3 (adamw)")
     p.add_argument("--weight-decay", type=float, default=None, help="default 5e-4 (sgd), 0.05 (adamw)")
     p.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing of the training loss")
@@ -256,9 +293,13 @@ def main(argv=None) -> dict:
     p.add_argument("--sweep-epochs", type=int, default=3, help="epochs per sweep point (--quick: 1)")
     p.add_argument("--sweep-train", type=int, default=10000, help="training images per sweep point")
     p.add_argument("--no-sweep", action="store_true", help="skip the learning-rate sweep")
-    p.add_argument("--validation", type=int, default=0,
-                   help="hold out the last N training images and evaluate on them instead of the test set "
-                        "(for tuning); 0: evaluate on the test set")
+    p.add_argument(
+        "--validation",
+        type=int,
+        default=0,
+        help="hold out the last N training images and evaluate on them instead of the test set "
+        "(for tuning); 0: evaluate on the test set",
+    )
     args = p.parse_args(argv)
     if args.lr is None:
         args.lr = 0.05 if args.optimizer == "sgd" else 3e-3
@@ -280,34 +321,46 @@ def main(argv=None) -> dict:
     x_train, y_train, x_test, y_test = load_shuffled(args)
     if args.validation:
         if not 0 < args.validation < len(y_train) // 2:
-            raise runs.UsageError(f"--validation {args.validation} must leave most of the {len(y_train)} "
-                                  "training images for training")
-        x_test, y_test = x_train[-args.validation:], y_train[-args.validation:]
-        x_train, y_train = x_train[:-args.validation], y_train[:-args.validation]
-    evaluated_on = (f"validation: last {args.validation} training images" if args.validation else "test split")
+            raise runs.UsageError(
+                f"--validation {args.validation} must leave most of the {len(y_train)} training images for training"
+            )
+        x_test, y_test = x_train[-args.validation :], y_train[-args.validation :]
+        x_train, y_train = x_train[: -args.validation], y_train[: -args.validation]
+    evaluated_on = f"validation: last {args.validation} training images" if args.validation else "test split"
     norm = data.fit_normalizer(x_train)
     names = list(data.CIFAR10_CLASSES)
     root = jax.random.key(args.seed)
-    grad_batch = (x_train[:256], y_train[:256])                      # a random 256 (load_shuffled)
+    grad_batch = (x_train[:256], y_train[:256])  # a random 256 (load_shuffled)
     grad_key = jax.random.fold_in(root, 99)
 
     # ---- main runs
     histories, finals, norms, per_cls, timing, finals_params = {}, {}, {}, {}, {}, {}
     t_main = time.perf_counter()
     for name in chosen:
-        model, (p0, s0), r = fit_one(args, f"main-{name}", MODELS[name], args.lr, args.epochs,
-                                     (x_train, y_train), (x_test, y_test), norm.apply,
-                                     jax.random.fold_in(root, 0), out)
+        model, (p0, s0), r = fit_one(
+            args,
+            f"main-{name}",
+            MODELS[name],
+            args.lr,
+            args.epochs,
+            (x_train, y_train),
+            (x_test, y_test),
+            norm.apply,
+            jax.random.fold_in(root, 0),
+            out,
+        )
         histories[name], finals[name], finals_params[name] = r.history, r.test_metrics, r.params
         measure = grad_norm_fn(model, norm.apply, grad_batch, grad_key)
         norms[name] = {"init": measure(p0, s0), "trained": measure(r.params, r.state)}
         per_cls[name] = per_class(r.test_metrics["confusion"])
-        timing[name] = {**runs.epoch_timing(r.history),
-                        "train_images_per_second": float(np.median([h["train_examples_per_second"]
-                                                                    for h in r.history[1:] or r.history])),
-                        "eval_seconds": float(np.median([h["test_seconds"] for h in r.history])),
-                        "eval_images_per_second": len(y_test) / float(np.median([h["test_seconds"]
-                                                                                 for h in r.history]))}
+        timing[name] = {
+            **runs.epoch_timing(r.history),
+            "train_images_per_second": float(
+                np.median([h["train_examples_per_second"] for h in r.history[1:] or r.history])
+            ),
+            "eval_seconds": float(np.median([h["test_seconds"] for h in r.history])),
+            "eval_images_per_second": len(y_test) / float(np.median([h["test_seconds"] for h in r.history])),
+        }
         print(f"[main-{name}] {evaluated_on} accuracy {100 * r.test_metrics['accuracy']:.2f}%", file=sys.stderr)
     main_seconds = time.perf_counter() - t_main
 
@@ -316,8 +369,12 @@ def main(argv=None) -> dict:
     t_sweep = time.perf_counter()
     if not args.no_sweep:
         n_sweep = min(args.sweep_train, len(y_train))
-        eval_fns = {m: train.classification(models.cifar_cnn(batch_norm=MODELS[m], dropout=args.dropout),
-                                            preprocess=norm.apply).evaluate for m in chosen}
+        eval_fns = {
+            m: train.classification(
+                models.cifar_cnn(batch_norm=MODELS[m], dropout=args.dropout), preprocess=norm.apply
+            ).evaluate
+            for m in chosen
+        }
         for name in chosen:
             sweep[name] = {}
             for lr in sweep_lrs:
@@ -327,11 +384,21 @@ def main(argv=None) -> dict:
                     sweep[name][f"{lr:g}"] = json.loads(done.read_text())["test_accuracy"]
                     print(f"[{run_name}] finished earlier: {100 * sweep[name][f'{lr:g}']:.2f}%", file=sys.stderr)
                     continue
-                _, _, r = fit_one(args, run_name, MODELS[name], lr, args.sweep_epochs,
-                                  (x_train[:n_sweep], y_train[:n_sweep]), None, norm.apply,
-                                  jax.random.fold_in(root, 1), out)
-                acc = train.evaluate(eval_fns[name], r.params, r.state, (x_test, y_test),
-                                     devices=runs.local_devices(args))["accuracy"]
+                _, _, r = fit_one(
+                    args,
+                    run_name,
+                    MODELS[name],
+                    lr,
+                    args.sweep_epochs,
+                    (x_train[:n_sweep], y_train[:n_sweep]),
+                    None,
+                    norm.apply,
+                    jax.random.fold_in(root, 1),
+                    out,
+                )
+                acc = train.evaluate(
+                    eval_fns[name], r.params, r.state, (x_test, y_test), devices=runs.local_devices(args)
+                )["accuracy"]
                 runs.write_json(done, {"test_accuracy": acc, "lr": lr, "history": r.history})
                 sweep[name][f"{lr:g}"] = acc
                 print(f"[{run_name}] {evaluated_on} accuracy {100 * acc:.2f}%", file=sys.stderr)
@@ -342,41 +409,56 @@ def main(argv=None) -> dict:
     runs.save_figure(plot_grad_norms(norms), out, "grad_norms.png")
     runs.save_figure(plot_per_class(per_cls, names), out, "per_class.png")
     head = "bn" if "bn" in finals else chosen[0]
-    runs.save_figure(runs.plot_confusion(finals[head]["confusion"], finals[head]["accuracy"], names), out,
-                     "confusion.png")
+    runs.save_figure(
+        runs.plot_confusion(finals[head]["confusion"], finals[head]["accuracy"], names), out, "confusion.png"
+    )
     if "bn" in finals_params:
         runs.save_figure(plot_filters(finals_params["bn"]["conv1"]["w"]), out, "filters.png")
     if sweep:
-        runs.save_figure(plot_sweep(sweep, args.sweep_epochs, min(args.sweep_train, len(y_train))), out,
-                         "lr_sweep.png")
+        runs.save_figure(plot_sweep(sweep, args.sweep_epochs, min(args.sweep_train, len(y_train))), out, "lr_sweep.png")
 
     results = {
         "data": "CIFAR-10, measured on the JPEG copy (../shared/data/cifar10/cifar10-jpeg.zip)",
         "evaluated_on": evaluated_on,
-        "recipe": {"optimizer": args.optimizer + (" + nesterov 0.9" if args.optimizer == "sgd" else ""),
-                   "schedule": "optax.cosine_onecycle_schedule(pct_start=0.15, div_factor=25, final_div_factor=1e3)",
-                   "lr": args.lr, "weight_decay": args.weight_decay, "batch_size": args.batch_size,
-                   "epochs": args.epochs, "label_smoothing": args.label_smoothing, "dropout": args.dropout,
-                   "augment": "none" if args.no_augment else "random crop (4-pixel zero padding) + horizontal flip"},
-        "train_examples": len(y_train), "test_examples": len(y_test),
+        "recipe": {
+            "optimizer": args.optimizer + (" + nesterov 0.9" if args.optimizer == "sgd" else ""),
+            "schedule": "optax.cosine_onecycle_schedule(pct_start=0.15, div_factor=25, final_div_factor=1e3)",
+            "lr": args.lr,
+            "weight_decay": args.weight_decay,
+            "batch_size": args.batch_size,
+            "epochs": args.epochs,
+            "label_smoothing": args.label_smoothing,
+            "dropout": args.dropout,
+            "augment": "none" if args.no_augment else "random crop (4-pixel zero padding) + horizontal flip",
+        },
+        "train_examples": len(y_train),
+        "test_examples": len(y_test),
         **{f"test_accuracy_{m}": finals[m]["accuracy"] for m in finals},
         **{f"test_loss_{m}": finals[m]["loss"] for m in finals},
         "param_count": {m: layers.param_count(finals_params[m]) for m in finals_params},
-        "timing": timing, "main_seconds": main_seconds, "sweep_seconds": sweep_seconds,
-        "grad_norms": norms, "grad_norms_batch": "a fixed random 256 training images, train mode, plain cross-entropy",
+        "timing": timing,
+        "main_seconds": main_seconds,
+        "sweep_seconds": sweep_seconds,
+        "grad_norms": norms,
+        "grad_norms_batch": "a fixed random 256 training images, train mode, plain cross-entropy",
         "per_class_accuracy": {m: dict(zip(names, acc)) for m, acc in per_cls.items()},
         "largest_confusion": {m: largest_confusion(finals[m]["confusion"], names) for m in finals},
         "confusion_matrix": {m: finals[m]["confusion"] for m in finals},
         "history": histories,
         "epochs_trained_this_run": dict(TRAINED_NOW),
         "figures": ["curves.png", "grad_norms.png", "per_class.png", "confusion.png"]
-                   + (["filters.png"] if "bn" in finals_params else []) + (["lr_sweep.png"] if sweep else []),
+        + (["filters.png"] if "bn" in finals_params else [])
+        + (["lr_sweep.png"] if sweep else []),
     }
     if "bn" in finals and "plain" in finals:
         results["bn_minus_plain_points"] = 100 * (finals["bn"]["accuracy"] - finals["plain"]["accuracy"])
     if sweep:
-        results["lr_sweep"] = {"lrs": sweep_lrs, "epochs": args.sweep_epochs,
-                               "train_examples": min(args.sweep_train, len(y_train)), "accuracy": sweep}
+        results["lr_sweep"] = {
+            "lrs": sweep_lrs,
+            "epochs": args.sweep_epochs,
+            "train_examples": min(args.sweep_train, len(y_train)),
+            "accuracy": sweep,
+        }
     return runs.finish(args, results)
 
 

@@ -74,8 +74,9 @@ COLORS = {"zeros": "tab:gray", "normal": "tab:orange", "xavier": "tab:blue", "he
 
 def theoretical_std(scheme: str, shape) -> float:
     fan_in, fan_out = initializers.fans(shape)
-    return {"zeros": 0.0, "normal": 0.01, "xavier": math.sqrt(2 / (fan_in + fan_out)),
-            "he": math.sqrt(2 / fan_in)}[scheme]
+    return {"zeros": 0.0, "normal": 0.01, "xavier": math.sqrt(2 / (fan_in + fan_out)), "he": math.sqrt(2 / fan_in)}[
+        scheme
+    ]
 
 
 # ---------------------------------------------------------------- (b) depth study
@@ -93,21 +94,50 @@ def layer_statistics(model, params, state, x, y):
 
     _, _, acts = L.intermediates(model, params, state, x)
     taps = {n: jnp.zeros_like(acts[n]) for n in relus}
-    (_, hs), (g_params, g_taps) = jax.jit(
-        jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True))(params, taps)
-    return {"forward_std": [float(jnp.std(a)) for a in hs],
-            "backward_std": [float(jnp.std(g_taps[n])) for n in relus],
-            "weight_grad_std": [float(jnp.std(g_params[n]["w"])) for n in linears]}
+    (_, hs), (g_params, g_taps) = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True))(params, taps)
+    return {
+        "forward_std": [float(jnp.std(a)) for a in hs],
+        "backward_std": [float(jnp.std(g_taps[n])) for n in relus],
+        "weight_grad_std": [float(jnp.std(g_params[n]["w"])) for n in linears],
+    }
 
 
 # ---------------------------------------------------------------- (c) training
-def train_curve(model, params, state, train_xy, test_xy, preprocess, *, key, epochs, batch_size, lr,
-                eval_every, progress, desc, devices):
+def train_curve(
+    model,
+    params,
+    state,
+    train_xy,
+    test_xy,
+    preprocess,
+    *,
+    key,
+    epochs,
+    batch_size,
+    lr,
+    eval_every,
+    progress,
+    desc,
+    devices,
+):
     """Plain SGD through ``train.fit``; the training loss of every step
     (``log_every=1``) and the test accuracy every ``eval_every`` steps."""
-    result = train.fit(train.classification(model, preprocess=preprocess), params, state, optax.sgd(lr),
-                       train_xy, epochs=epochs, batch_size=batch_size, key=key, test_data=test_xy,
-                       eval_every=eval_every, log_every=1, progress=progress, desc=desc, devices=devices)
+    result = train.fit(
+        train.classification(model, preprocess=preprocess),
+        params,
+        state,
+        optax.sgd(lr),
+        train_xy,
+        epochs=epochs,
+        batch_size=batch_size,
+        key=key,
+        test_data=test_xy,
+        eval_every=eval_every,
+        log_every=1,
+        progress=progress,
+        desc=desc,
+        devices=devices,
+    )
     losses = np.asarray([c["train_loss"] for c in result.curve if "train_loss" in c])
     evals = [c for c in result.curve if "test_accuracy" in c]
     return result.params, losses, [c["step"] for c in evals], [c["test_accuracy"] for c in evals]
@@ -126,8 +156,9 @@ def plot_weights(weights, shape, out):
         else:
             ax.hist(w, bins=120, density=True, color=COLORS[name], alpha=0.6, label="sampled")
             t = np.linspace(-4.5 * sd, 4.5 * sd, 300)
-            ax.plot(t, np.exp(-t ** 2 / (2 * sd ** 2)) / (sd * math.sqrt(2 * math.pi)), "k-", lw=1.2,
-                    label=f"N(0, {sd:.4f}²)")
+            ax.plot(
+                t, np.exp(-(t**2) / (2 * sd**2)) / (sd * math.sqrt(2 * math.pi)), "k-", lw=1.2, label=f"N(0, {sd:.4f}²)"
+            )
         ax.set_title(f"{LABELS[name]}\nstd {w.std():.4f} (theory {sd:.4f})\nmean {w.mean():+.1e}", fontsize=10)
         ax.set(xlabel="weight", ylabel="density")
         ax.legend(fontsize=8)
@@ -138,14 +169,15 @@ def plot_weights(weights, shape, out):
 def plot_depth(stats, out):
     plt = runs.plt
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
-    panels = [("forward_std", "forward: std of ReLU output h_l", "hidden layer l"),
-              ("backward_std", "backward: std of dL/dh_l", "hidden layer l"),
-              ("weight_grad_std", "backward: std of dL/dW_l", "linear layer l")]
+    panels = [
+        ("forward_std", "forward: std of ReLU output h_l", "hidden layer l"),
+        ("backward_std", "backward: std of dL/dh_l", "hidden layer l"),
+        ("weight_grad_std", "backward: std of dL/dW_l", "linear layer l"),
+    ]
     for ax, (key, title, xlabel) in zip(axes, panels):
         for name, s in stats.items():
             v = np.asarray(s[key], dtype=float)
-            ax.plot(np.arange(1, len(v) + 1), np.where(v > 0, v, np.nan), "o-", color=COLORS[name],
-                    label=LABELS[name])
+            ax.plot(np.arange(1, len(v) + 1), np.where(v > 0, v, np.nan), "o-", color=COLORS[name], label=LABELS[name])
         zero = [LABELS[n] for n, s in stats.items() if max(s[key]) == 0]
         if zero:
             ax.text(0.02, 0.02, f"{', '.join(zero)}: exactly 0 everywhere", transform=ax.transAxes, fontsize=8)
@@ -164,8 +196,14 @@ def plot_training(curves, out):
         w = max(1, min(25, len(losses) // 20))
         smooth = np.convolve(losses, np.ones(w) / w, mode="valid")
         a1.plot(np.arange(w, len(losses) + 1), smooth, color=COLORS[name], label=LABELS[name])
-        a2.plot(c["acc_steps"], [100 * a for a in c["accs"]], "o-", ms=3, color=COLORS[name],
-                label=f"{LABELS[name]} ({100 * c['accs'][-1]:.1f}%)")
+        a2.plot(
+            c["acc_steps"],
+            [100 * a for a in c["accs"]],
+            "o-",
+            ms=3,
+            color=COLORS[name],
+            label=f"{LABELS[name]} ({100 * c['accs'][-1]:.1f}%)",
+        )
     a1.set(xlabel="SGD step", ylabel="training loss (running mean)", title="784-256-256-256-10 ReLU, SGD")
     a2.set(xlabel="SGD step", ylabel="test accuracy (%)", title="test accuracy", ylim=(0, 100))
     for a in (a1, a2):
@@ -187,7 +225,7 @@ def main(argv=None) -> dict:
     out = runs.start(args)
 
     x_train, y_train, x_test, y_test = runs.load_dataset(args, "mnist", quick_train=4096)
-    if args.quick:   # a few hundred steps on a subset
+    if args.quick:  # a few hundred steps on a subset
         args.epochs, args.eval_every, args.probe_batch = 4, min(args.eval_every, 32), 256
     norm = data.fit_normalizer(x_train)
     preprocess = lambda x: norm.apply(x).reshape(x.shape[0], -1)  # noqa: E731
@@ -202,7 +240,7 @@ def main(argv=None) -> dict:
     for name, init_name in SCHEMES.items():
         model = models.mlp(deep_sizes, "relu", w_init=init_name)
         params, state = model.init(k_deep, (1, 784))
-        w = params["fc2"]["w"]                              # second Linear: width x width
+        w = params["fc2"]["w"]  # second Linear: width x width
         weights[name] = w
         sd = theoretical_std(name, w.shape)
         results[f"weight_mean_{name}"] = float(jnp.mean(w))
@@ -211,10 +249,13 @@ def main(argv=None) -> dict:
         stats[name] = layer_statistics(model, params, state, xb, yb)
         for k, v in stats[name].items():
             results[f"{k}_{name}"] = v
-        print(f"{name:>6}: weight std {float(jnp.std(w)):.4f} (theory {sd:.4f}); forward std "
-              f"layer 1 {stats[name]['forward_std'][0]:.3g} -> layer {args.depth} "
-              f"{stats[name]['forward_std'][-1]:.3g}; dL/dh std {stats[name]['backward_std'][0]:.3g} "
-              f"-> {stats[name]['backward_std'][-1]:.3g}", file=sys.stderr)
+        print(
+            f"{name:>6}: weight std {float(jnp.std(w)):.4f} (theory {sd:.4f}); forward std "
+            f"layer 1 {stats[name]['forward_std'][0]:.3g} -> layer {args.depth} "
+            f"{stats[name]['forward_std'][-1]:.3g}; dL/dh std {stats[name]['backward_std'][0]:.3g} "
+            f"-> {stats[name]['backward_std'][-1]:.3g}",
+            file=sys.stderr,
+        )
     plot_weights(weights, weights["he"].shape, out)
     plot_depth(stats, out)
 
@@ -225,22 +266,41 @@ def main(argv=None) -> dict:
         model = models.mlp(sizes, "relu", w_init=init_name)
         params, state = model.init(k_init, (1, 784))
         final_params, losses, acc_steps, accs = train_curve(
-            model, params, state, (x_train, y_train), (x_test, y_test), preprocess, key=k_train,
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
-            progress=not args.no_progress, desc=f"SGD from {name}",
-            devices=runs.local_devices(args, args.batch_size))
+            model,
+            params,
+            state,
+            (x_train, y_train),
+            (x_test, y_test),
+            preprocess,
+            key=k_train,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            eval_every=args.eval_every,
+            progress=not args.no_progress,
+            desc=f"SGD from {name}",
+            devices=runs.local_devices(args, args.batch_size),
+        )
         curves[name] = {"losses": losses, "acc_steps": acc_steps, "accs": accs}
         results[f"accuracy_{name}"] = accs[-1]
         results[f"final_train_loss_{name}"] = float(np.mean(losses[-50:]))
         results[f"test_accuracy_curve_{name}"] = {"steps": acc_steps, "accuracy": accs}
-        if name == "zeros":   # symmetry never breaks: hidden weights get exactly zero gradient
+        if name == "zeros":  # symmetry never breaks: hidden weights get exactly zero gradient
             hidden = [final_params[f"fc{i}"]["w"] for i in (1, 2, 3, 4)]
             results["zeros_hidden_weights_max_abs"] = float(max(jnp.max(jnp.abs(w)) for w in hidden))
     plot_training(curves, out)
 
-    results.update({"deep_sizes": list(deep_sizes), "train_sizes": list(sizes), "epochs": args.epochs,
-                    "steps": len(curves["he"]["losses"]), "batch_size": args.batch_size, "lr": args.lr,
-                    "probe_batch": args.probe_batch})
+    results.update(
+        {
+            "deep_sizes": list(deep_sizes),
+            "train_sizes": list(sizes),
+            "epochs": args.epochs,
+            "steps": len(curves["he"]["losses"]),
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "probe_batch": args.probe_batch,
+        }
+    )
     return runs.finish(args, results)
 
 

@@ -57,8 +57,12 @@ def main(argv=None) -> dict:
     p = runs.experiment_parser("lenet_mnist", __doc__.split("\n\n")[0])
     p.add_argument("--epochs", type=int, default=10, help="training epochs (--quick: 1)")
     p.add_argument("--batch-size", type=int, default=32, help="examples per step")
-    p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam",
-                   help="adam (AdamW when --weight-decay > 0) or SGD with Nesterov momentum 0.9")
+    p.add_argument(
+        "--optimizer",
+        choices=["adam", "sgd"],
+        default="adam",
+        help="adam (AdamW when --weight-decay > 0) or SGD with Nesterov momentum 0.9",
+    )
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine decay to 0)")
     p.add_argument("--weight-decay", type=float, default=0.1, help="decoupled weight decay (AdamW) / L2 (SGD)")
     args = p.parse_args(argv)
@@ -68,7 +72,7 @@ def main(argv=None) -> dict:
     if args.quick:
         args.epochs = 1
     norm = data.fit_normalizer(x_train)
-    preprocess = norm.apply                                          # uint8 NHWC -> standardised float32
+    preprocess = norm.apply  # uint8 NHWC -> standardised float32
 
     model = models.lenet()
     init_key, train_key = jax.random.split(jax.random.key(args.seed))
@@ -79,14 +83,26 @@ def main(argv=None) -> dict:
     if args.optimizer == "adam":
         optimizer = optax.adamw(schedule, weight_decay=args.weight_decay)
     else:
-        optimizer = optax.chain(optax.add_decayed_weights(args.weight_decay),
-                                optax.sgd(schedule, momentum=0.9, nesterov=True))
+        optimizer = optax.chain(
+            optax.add_decayed_weights(args.weight_decay), optax.sgd(schedule, momentum=0.9, nesterov=True)
+        )
 
     t0 = time.perf_counter()
-    result = train.fit(train.classification(model, preprocess=preprocess), params, state, optimizer,
-                       (x_train, y_train), epochs=args.epochs, batch_size=args.batch_size, key=train_key,
-                       test_data=(x_test, y_test), progress=not args.no_progress,
-                       devices=runs.local_devices(args, args.batch_size), checkpoint=out / runs.CHECKPOINT, desc="LeNet")
+    result = train.fit(
+        train.classification(model, preprocess=preprocess),
+        params,
+        state,
+        optimizer,
+        (x_train, y_train),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        key=train_key,
+        test_data=(x_test, y_test),
+        progress=not args.no_progress,
+        devices=runs.local_devices(args, args.batch_size),
+        checkpoint=out / runs.CHECKPOINT,
+        desc="LeNet",
+    )
     jax.block_until_ready(result.params)
     train_seconds = time.perf_counter() - t0
     final = result.test_metrics
@@ -96,14 +112,19 @@ def main(argv=None) -> dict:
     runs.save_figure(runs.plot_confusion(final["confusion"], final["accuracy"]), out, "confusion.png")
 
     results = {
-        "test_accuracy": final["accuracy"], "test_loss": final["loss"],
+        "test_accuracy": final["accuracy"],
+        "test_loss": final["loss"],
         "train_accuracy_last_epoch": result.history[-1]["train_accuracy"],
-        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-        "optimizer": f"{args.optimizer} + cosine decay", "weight_decay": args.weight_decay,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "optimizer": f"{args.optimizer} + cosine decay",
+        "weight_decay": args.weight_decay,
         "param_count": layers.param_count(params),
         **runs.epoch_timing(result.history),
         "train_seconds": train_seconds,
-        "history": result.history, "confusion_matrix": final["confusion"],
+        "history": result.history,
+        "confusion_matrix": final["confusion"],
     }
     return runs.finish(args, results)
 

@@ -77,54 +77,85 @@ def main(argv=None) -> dict:
     params, state = model.init(init_key, (1, 784))
     print(layers.summary(model, params, state, (1, 784)), file=sys.stderr)
     optimizer = optax.sgd(args.lr)
-    common = dict(epochs=args.epochs, batch_size=args.batch_size, key=train_key, test_data=(x_test, y_test),
-                  progress=not args.no_progress, devices=runs.local_devices(args, args.batch_size))
+    common = dict(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        key=train_key,
+        test_data=(x_test, y_test),
+        progress=not args.no_progress,
+        devices=runs.local_devices(args, args.batch_size),
+    )
 
     t0 = time.perf_counter()
     task = train.classification(model, preprocess=preprocess)
-    ours = train.fit(task, params, state, optimizer, (x_train, y_train), desc="hand-written VJPs",
-                     checkpoint=out / runs.CHECKPOINT / "hand", **common)
+    ours = train.fit(
+        task,
+        params,
+        state,
+        optimizer,
+        (x_train, y_train),
+        desc="hand-written VJPs",
+        checkpoint=out / runs.CHECKPOINT / "hand",
+        **common,
+    )
     jax.block_until_ready(ours.params)
     ours_seconds = time.perf_counter() - t0
     final = ours.test_metrics
 
     results = {
-        "test_accuracy": final["accuracy"], "test_loss": final["loss"],
+        "test_accuracy": final["accuracy"],
+        "test_loss": final["loss"],
         "train_accuracy_last_epoch": ours.history[-1]["train_accuracy"],
-        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "sizes": list(sizes),
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "sizes": list(sizes),
         "param_count": layers.param_count(params),
         "wall_seconds_hand": ours_seconds,
         **runs.epoch_timing(ours.history),
-        "history": ours.history, "confusion_matrix": final["confusion"],
+        "history": ours.history,
+        "confusion_matrix": final["confusion"],
     }
 
     if not args.no_autodiff_baseline:
         # Same parameters, same batch: hand-written gradient vs jax.grad of the plain forward.
-        xb, yb = preprocess(jnp.asarray(x_train[:args.batch_size])), jnp.asarray(y_train[:args.batch_size])
+        xb, yb = preprocess(jnp.asarray(x_train[: args.batch_size])), jnp.asarray(y_train[: args.batch_size])
         grad_of = lambda apply, loss: jax.grad(  # noqa: E731
-            lambda q: loss(apply(q, state, xb)[0], yb))(params)
+            lambda q: loss(apply(q, state, xb)[0], yb)
+        )(params)
         g_hand, g_auto = grad_of(model.apply, F.softmax_cross_entropy), grad_of(plain_apply, plain_loss)
         results["gradient_relative_difference_at_init"] = max(
             float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
-            for a, b in zip(jax.tree.leaves(g_hand), jax.tree.leaves(g_auto)))
+            for a, b in zip(jax.tree.leaves(g_hand), jax.tree.leaves(g_auto))
+        )
         t0 = time.perf_counter()
-        auto = train.fit(train.classification(plain_apply, preprocess=preprocess, loss_fn=plain_loss), params,
-                         state, optimizer, (x_train, y_train), desc="jax.grad autodiff",
-                         checkpoint=out / runs.CHECKPOINT / "autodiff", **common)
+        auto = train.fit(
+            train.classification(plain_apply, preprocess=preprocess, loss_fn=plain_loss),
+            params,
+            state,
+            optimizer,
+            (x_train, y_train),
+            desc="jax.grad autodiff",
+            checkpoint=out / runs.CHECKPOINT / "autodiff",
+            **common,
+        )
         jax.block_until_ready(auto.params)
         auto_seconds = time.perf_counter() - t0
         auto_eval = auto.test_metrics
-        diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
-                                             ours.params, auto.params))
+        diffs = jax.tree.leaves(
+            jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))), ours.params, auto.params)
+        )
         scale = max(float(np.max(np.abs(np.asarray(a)))) for a in jax.tree.leaves(ours.params))
-        results.update({
-            "autodiff_test_accuracy": auto_eval["accuracy"],
-            "accuracy_difference": abs(final["accuracy"] - auto_eval["accuracy"]),
-            "max_param_abs_difference": max(diffs),
-            "max_param_relative_difference": max(diffs) / scale,
-            "wall_seconds_autodiff": auto_seconds,
-            "autodiff_seconds_per_epoch": runs.epoch_timing(auto.history)["seconds_per_epoch"],
-        })
+        results.update(
+            {
+                "autodiff_test_accuracy": auto_eval["accuracy"],
+                "accuracy_difference": abs(final["accuracy"] - auto_eval["accuracy"]),
+                "max_param_abs_difference": max(diffs),
+                "max_param_relative_difference": max(diffs) / scale,
+                "wall_seconds_autodiff": auto_seconds,
+                "autodiff_seconds_per_epoch": runs.epoch_timing(auto.history)["seconds_per_epoch"],
+            }
+        )
         results["speed_ratio_autodiff_over_hand"] = results["autodiff_seconds_per_epoch"] / results["seconds_per_epoch"]
 
     runs.save_figure(runs.plot_history(ours.history, "MNIST MLP 784-128-10"), out, "curves.png")

@@ -70,16 +70,15 @@ def main(argv=None) -> dict:
     norm = data.fit_normalizer(x_train)
     flat = lambda x: norm.apply(jnp.asarray(x)).reshape(x.shape[0], -1)  # noqa: E731
     k_subset, k_held, k_init = jax.random.split(jax.random.key(args.seed), 3)
-    order = np.asarray(jax.random.permutation(k_subset, len(y_train)))[:max(args.sizes)]
+    order = np.asarray(jax.random.permutation(k_subset, len(y_train)))[: max(args.sizes)]
     held = np.asarray(jax.random.choice(k_held, len(y_test), (args.held_out,), replace=False))
     x_held = flat(x_test[held])
 
     model = models.mlp((784, args.hidden, 10), "relu", w_init="he_normal")
     params0, state = model.init(k_init, (1, 784))
     optimizer = optax.adam(args.lr)
-    task = train.classification(model)                 # full-batch Adam on already-flattened inputs
-    evaluate = train.make_evaluate(model, num_classes=10,
-                                   preprocess=lambda x: norm.apply(x).reshape(x.shape[0], -1))
+    task = train.classification(model)  # full-batch Adam on already-flattened inputs
+    evaluate = train.make_evaluate(model, num_classes=10, preprocess=lambda x: norm.apply(x).reshape(x.shape[0], -1))
     results = {"dead_relu_fraction_init": dead_relu_fraction(model, params0, state, x_held)}
     curves = {}
     for n in args.sizes:
@@ -87,32 +86,47 @@ def main(argv=None) -> dict:
         x, y = flat(x_train[idx]), jnp.asarray(y_train[idx])
         ts, losses = train.full_batch(task, params0, state, optimizer, (x, y), steps=args.steps, key=k_init)
         params = ts.params
-        final = train.evaluate(task.evaluate, params, state, (x, y))["loss"]   # after the last step
+        final = train.evaluate(task.evaluate, params, state, (x, y))["loss"]  # after the last step
         below = np.flatnonzero(losses < args.threshold)
         curves[n] = losses
-        results[f"final_loss_{n}"] = float(final) + 0.0          # + 0.0: no "-0.0" in the JSON
+        results[f"final_loss_{n}"] = float(final) + 0.0  # + 0.0: no "-0.0" in the JSON
         results[f"steps_to_threshold_{n}"] = int(below[0]) + 1 if below.size else None
         results[f"dead_relu_fraction_{n}"] = dead_relu_fraction(model, params, state, x_held)
         results[f"test_accuracy_{n}"] = evaluate(params, state, x_test, y_test)["accuracy"]
-        print(f"n={n:>3}: final loss {float(final):.2e}, below {args.threshold:g} after "
-              f"{results[f'steps_to_threshold_{n}']} steps, dead ReLUs "
-              f"{100 * results[f'dead_relu_fraction_{n}']:.1f}%, test accuracy "
-              f"{100 * results[f'test_accuracy_{n}']:.1f}%")
+        print(
+            f"n={n:>3}: final loss {float(final):.2e}, below {args.threshold:g} after "
+            f"{results[f'steps_to_threshold_{n}']} steps, dead ReLUs "
+            f"{100 * results[f'dead_relu_fraction_{n}']:.1f}%, test accuracy "
+            f"{100 * results[f'test_accuracy_{n}']:.1f}%"
+        )
     results["all_below_threshold"] = bool(all(results[f"final_loss_{n}"] < args.threshold for n in args.sizes))
 
     fig, ax = runs.plt.subplots(figsize=(6.5, 4.2))
     for n, losses in curves.items():
-        ax.plot(np.arange(1, len(losses) + 1), losses, label=f"{n} example{'s' if n > 1 else ''}: "
-                f"final {losses[-1]:.1e}")
+        ax.plot(
+            np.arange(1, len(losses) + 1), losses, label=f"{n} example{'s' if n > 1 else ''}: final {losses[-1]:.1e}"
+        )
     ax.axhline(args.threshold, color="k", ls="--", lw=1, label=f"threshold {args.threshold:g}")
-    ax.set(yscale="log", xlabel="full-batch Adam step", ylabel="training cross-entropy",
-           title=f"overfitting MLP 784-{args.hidden}-10 on n MNIST images")
+    ax.set(
+        yscale="log",
+        xlabel="full-batch Adam step",
+        ylabel="training cross-entropy",
+        title=f"overfitting MLP 784-{args.hidden}-10 on n MNIST images",
+    )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     runs.save_figure(fig, out, "loss.png")
 
-    results.update({"sizes": args.sizes, "steps": args.steps, "lr": args.lr, "threshold": args.threshold,
-                    "hidden": args.hidden, "held_out": args.held_out})
+    results.update(
+        {
+            "sizes": args.sizes,
+            "steps": args.steps,
+            "lr": args.lr,
+            "threshold": args.threshold,
+            "hidden": args.hidden,
+            "held_out": args.held_out,
+        }
+    )
     return runs.finish(args, results)
 
 

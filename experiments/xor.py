@@ -71,6 +71,7 @@ def perceptron_task(model):
     -(t - y) x`` and ``dL/db = -(t - y)``: one SGD step of size ``lr`` on one
     example *is* the rule ``w += lr (t - y) x``, ``b += lr (t - y)``.
     Evaluation: accuracy of ``step(z)`` on the points, per example."""
+
     def objective(params, state, batch, key):
         x, t = batch
         y, _, acts = L.intermediates(model, params, state, x)
@@ -92,18 +93,31 @@ def train_perceptron(key, epochs: int, lr: float, progress: bool):
     """Perceptron rule, online (batch 1), the 4 points in their fixed order each
     epoch (``shuffle=False``). Returns model, params, state, the accuracy on all
     4 points after every update, and |grad| through the step."""
-    model = models.perceptron()                        # zero weights: the classic start
+    model = models.perceptron()  # zero weights: the classic start
     params, state = model.init(key, (1, 2))
     x, t = jnp.asarray(X), jnp.asarray(T)
-    result = train.fit(perceptron_task(model), params, state, optax.sgd(lr), (X, T), epochs=epochs, batch_size=1,
-                       key=key, shuffle=False, test_data=(X, T), eval_every=1, progress=progress,
-                       desc="perceptron rule", devices=1)      # one example per step: one device
-    accs = [c["test_accuracy"] for c in result.curve[1:]]     # after every update (curve[0]: before any)
+    result = train.fit(
+        perceptron_task(model),
+        params,
+        state,
+        optax.sgd(lr),
+        (X, T),
+        epochs=epochs,
+        batch_size=1,
+        key=key,
+        shuffle=False,
+        test_data=(X, T),
+        eval_every=1,
+        progress=progress,
+        desc="perceptron rule",
+        devices=1,
+    )  # one example per step: one device
+    accs = [c["test_accuracy"] for c in result.curve[1:]]  # after every update (curve[0]: before any)
     params = result.params
 
     # The step has zero gradient: jax.grad through our rule gives exactly 0.
     grads = jax.grad(lambda p: F.mse(model.apply(p, state, x)[0][:, 0], t))(params)
-    grad_norm = float(sum(jnp.sum(g ** 2) for g in jax.tree.leaves(grads)) ** 0.5)
+    grad_norm = float(sum(jnp.sum(g**2) for g in jax.tree.leaves(grads)) ** 0.5)
     return model, params, state, accs, grad_norm
 
 
@@ -119,7 +133,7 @@ def train_mlp(key, steps: int, lr: float, w_init: str):
         return F.binary_cross_entropy_with_logits(logits, t)
 
     def objective(p, s, batch, key):
-        loss = loss_fn(p)                                    # hand-written VJPs end to end
+        loss = loss_fn(p)  # hand-written VJPs end to end
         return loss, (s, {"loss": loss, "count": jnp.float32(1)})
 
     ts, losses = train.full_batch(objective, params, state, optax.sgd(lr), (x, t), steps=steps, key=key)
@@ -139,15 +153,25 @@ def plot_boundaries(percep, mlp, out):
     (pm, pp, ps, pacc), (mm, mp, ms, macc) = percep, mlp
     z_p = np.asarray(pm.apply(pp, ps, grid)[0][:, 0]).reshape(gx.shape)
     z_m = np.asarray(F.sigmoid(mm.apply(mp, ms, grid)[0])[:, 0]).reshape(gx.shape)
-    panels = [(axes[0], z_p, f"perceptron (step), final acc {100 * pacc:.0f}%"),
-              (axes[1], z_m, f"2-2-1 sigmoid MLP, acc {100 * macc:.0f}%")]
+    panels = [
+        (axes[0], z_p, f"perceptron (step), final acc {100 * pacc:.0f}%"),
+        (axes[1], z_m, f"2-2-1 sigmoid MLP, acc {100 * macc:.0f}%"),
+    ]
     for ax, z, title in panels:
         cf = ax.contourf(gx, gy, z, levels=np.linspace(0, 1, 11), cmap="RdBu_r", alpha=0.75)
         ax.contour(gx, gy, z, levels=[0.5], colors="k", linewidths=1.5)
         for cls, marker in ((0, "o"), (1, "s")):
             pts = X[T == cls]
-            ax.scatter(pts[:, 0], pts[:, 1], c="red" if cls else "blue", marker=marker, s=120,
-                       edgecolors="k", label=f"target {cls}", zorder=3)
+            ax.scatter(
+                pts[:, 0],
+                pts[:, 1],
+                c="red" if cls else "blue",
+                marker=marker,
+                s=120,
+                edgecolors="k",
+                label=f"target {cls}",
+                zorder=3,
+            )
         ax.set(xlim=(-0.5, 1.5), ylim=(-0.5, 1.5), xlabel="$x_1$", ylabel="$x_2$", title=title, aspect="equal")
         ax.legend(loc="upper center", fontsize=8)
     fig.colorbar(cf, ax=axes, label="output (step / sigmoid probability)", shrink=0.85)
@@ -157,28 +181,37 @@ def plot_boundaries(percep, mlp, out):
 def main(argv=None) -> dict:
     p = runs.experiment_parser("xor", __doc__.split("\n\n")[0] + " (single-device: --devices is ignored)")
     p.add_argument("--perceptron-epochs", type=int, default=50, help="passes of the perceptron rule over the 4 points")
-    p.add_argument("--perceptron-lr", type=float, default=1.0,
-                   help="perceptron learning rate (from zero weights it only rescales w, b)")
+    p.add_argument(
+        "--perceptron-lr",
+        type=float,
+        default=1.0,
+        help="perceptron learning rate (from zero weights it only rescales w, b)",
+    )
     p.add_argument("--steps", type=int, default=3000, help="MLP full-batch gradient-descent steps per attempt")
     p.add_argument("--lr", type=float, default=5.0, help="MLP learning rate")
     p.add_argument("--w-init", default="xavier_normal", help="MLP weight initializer (jdlfs.init name)")
-    p.add_argument("--max-restarts", type=int, default=20,
-                   help="fresh MLP initializations to try when one stalls in a local minimum")
+    p.add_argument(
+        "--max-restarts",
+        type=int,
+        default=20,
+        help="fresh MLP initializations to try when one stalls in a local minimum",
+    )
     args = p.parse_args(argv)
     out = runs.start(args)
     if args.quick:
         args.perceptron_epochs = min(args.perceptron_epochs, 20)
 
     perceptron_key, mlp_key = jax.random.split(jax.random.key(args.seed))
-    pm, pp, ps, accs, grad_norm = train_perceptron(perceptron_key, args.perceptron_epochs, args.perceptron_lr,
-                                                   not args.no_progress)
-    print(f"perceptron: best {max(accs):.2f}, final {accs[-1]:.2f} "
-          f"(|grad through step| = {grad_norm})")
+    pm, pp, ps, accs, grad_norm = train_perceptron(
+        perceptron_key, args.perceptron_epochs, args.perceptron_lr, not args.no_progress
+    )
+    print(f"perceptron: best {max(accs):.2f}, final {accs[-1]:.2f} (|grad through step| = {grad_norm})")
 
     attempts = []
     for restart in range(args.max_restarts + 1):
-        mm, mp, ms, losses, final_loss, acc = train_mlp(jax.random.fold_in(mlp_key, restart),
-                                                       args.steps, args.lr, args.w_init)
+        mm, mp, ms, losses, final_loss, acc = train_mlp(
+            jax.random.fold_in(mlp_key, restart), args.steps, args.lr, args.w_init
+        )
         attempts.append({"restart": restart, "accuracy": acc, "final_loss": final_loss, "losses": losses})
         print(f"mlp attempt {restart}: accuracy {acc:.2f}, loss {final_loss:.4f}")
         if acc == 1.0:
@@ -189,26 +222,41 @@ def main(argv=None) -> dict:
     fig, ax = runs.plt.subplots(figsize=(6, 4))
     for a in attempts:
         ok = a["accuracy"] == 1.0
-        ax.plot(a["losses"], "-" if ok else "--", alpha=1.0 if ok else 0.6,
-                label=f"attempt {a['restart']}: acc {100 * a['accuracy']:.0f}%")
-    ax.set(yscale="log", xlabel="gradient-descent step", ylabel="binary cross-entropy",
-           title="2-2-1 sigmoid MLP on XOR")
+        ax.plot(
+            a["losses"],
+            "-" if ok else "--",
+            alpha=1.0 if ok else 0.6,
+            label=f"attempt {a['restart']}: acc {100 * a['accuracy']:.0f}%",
+        )
+    ax.set(
+        yscale="log", xlabel="gradient-descent step", ylabel="binary cross-entropy", title="2-2-1 sigmoid MLP on XOR"
+    )
     ax.grid(alpha=0.3)
     ax.legend()
     runs.save_figure(fig, out, "mlp_loss.png")
     fig, ax = runs.plt.subplots(figsize=(6, 3.5))
     ax.plot(np.arange(1, len(accs) + 1) / 4, [100 * a for a in accs], "o-", ms=3)
-    ax.set(xlabel="epoch (4 updates each)", ylabel="accuracy on the 4 points (%)", ylim=(0, 100),
-           title="perceptron rule on XOR: it never converges")
+    ax.set(
+        xlabel="epoch (4 updates each)",
+        ylabel="accuracy on the 4 points (%)",
+        ylim=(0, 100),
+        title="perceptron rule on XOR: it never converges",
+    )
     ax.grid(alpha=0.3)
     runs.save_figure(fig, out, "perceptron.png")
 
     results = {
-        "perceptron_accuracy": accs[-1], "perceptron_best_accuracy": max(accs),
-        "perceptron_accuracy_per_update": accs, "perceptron_grad_norm": grad_norm,
-        "mlp_accuracy": acc, "mlp_final_loss": final_loss, "restarts": restarts,
+        "perceptron_accuracy": accs[-1],
+        "perceptron_best_accuracy": max(accs),
+        "perceptron_accuracy_per_update": accs,
+        "perceptron_grad_norm": grad_norm,
+        "mlp_accuracy": acc,
+        "mlp_final_loss": final_loss,
+        "restarts": restarts,
         "mlp_attempts": [{k: v for k, v in a.items() if k != "losses"} for a in attempts],
-        "mlp_steps": args.steps, "mlp_lr": args.lr, "mlp_w_init": args.w_init,
+        "mlp_steps": args.steps,
+        "mlp_lr": args.lr,
+        "mlp_w_init": args.w_init,
     }
     return runs.finish(args, results)
 

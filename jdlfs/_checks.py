@@ -21,8 +21,7 @@ def _describe(x) -> str:
     return f"an array of shape {tuple(shape)} and dtype {dtype}"
 
 
-def float_array(name: str, x, *, rank: int | None = None, min_rank: int | None = None,
-                layout: str | None = None):
+def float_array(name: str, x, *, rank: int | None = None, min_rank: int | None = None, layout: str | None = None):
     """Return ``x`` as a JAX array after checking it is floating point.
 
     Args:
@@ -40,14 +39,13 @@ def float_array(name: str, x, *, rank: int | None = None, min_rank: int | None =
             raise TypeError(f"{name} must be a floating-point array, got {_describe(x)}") from e
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(
-            f"{name} must have a floating-point dtype (float16/bfloat16/float32/float64), "
-            f"got {_describe(x)}")
+            f"{name} must have a floating-point dtype (float16/bfloat16/float32/float64), got {_describe(x)}"
+        )
     _check_rank(name, x, rank, min_rank, layout)
     return jnp.asarray(x)
 
 
-def int_array(name: str, x, *, min_rank: int | None = None, rank: int | None = None,
-              layout: str | None = None):
+def int_array(name: str, x, *, min_rank: int | None = None, rank: int | None = None, layout: str | None = None):
     """Return ``x`` as a JAX integer array (ids, labels, indices)."""
     if not hasattr(x, "dtype"):
         x = np.asarray(x)
@@ -57,8 +55,16 @@ def int_array(name: str, x, *, min_rank: int | None = None, rank: int | None = N
     return jnp.asarray(x)
 
 
-def index_array(name: str, x, size: int, *, out_of_range: str, rank: int | None = None,
-                min_rank: int | None = None, layout: str | None = None):
+def index_array(
+    name: str,
+    x,
+    size: int,
+    *,
+    out_of_range: str,
+    rank: int | None = None,
+    min_rank: int | None = None,
+    layout: str | None = None,
+):
     """Integer ids/labels/indices of any width into ``[0, size)`` -> an int32 JAX array.
 
     Every integer dtype (int8..int64, uint8..uint64) gives exactly what int32
@@ -85,7 +91,7 @@ def index_array(name: str, x, size: int, *, out_of_range: str, rank: int | None 
         raise ValueError(f"{name} index an axis of size {size}, larger than int32 indexing supports")
     xp = np if isinstance(x, (np.ndarray, np.generic)) else jnp
     dt = np.dtype(x.dtype)
-    zero, top = dt.type(0), dt.type(min(size - 1, int(np.iinfo(dt).max)))   # both fit x's dtype
+    zero, top = dt.type(0), dt.type(min(size - 1, int(np.iinfo(dt).max)))  # both fit x's dtype
     if out_of_range == "clip":
         out = xp.clip(x, zero, top).astype(np.int32)
     elif out_of_range == "drop":
@@ -139,8 +145,10 @@ def static_float(name: str, v) -> float:
         return float(v)
     if hasattr(v, "shape") and getattr(v, "shape", None) == () and not isinstance(v, jax.core.Tracer):
         return float(v)
-    raise TypeError(f"{name} is static configuration and must be a Python float, got {type(v).__name__} "
-                    f"(a traced value cannot be used: pass it as a constant, not through jit/grad arguments)")
+    raise TypeError(
+        f"{name} is static configuration and must be a Python float, got {type(v).__name__} "
+        f"(a traced value cannot be used: pass it as a constant, not through jit/grad arguments)"
+    )
 
 
 def static_bool(name: str, v) -> bool:
@@ -152,9 +160,11 @@ def static_bool(name: str, v) -> bool:
     if isinstance(v, (bool, np.bool_)):
         return bool(v)
     if isinstance(v, jax.core.Tracer):
-        raise TypeError(f"{name} is static configuration and must be a Python bool (a Python constant), got a "
-                        f"traced {type(v).__name__} (a traced value cannot be used: pass it as a constant, e.g. "
-                        f"via static_argnums / static_argnames of jit, not as a jit/grad/vmap argument)")
+        raise TypeError(
+            f"{name} is static configuration and must be a Python bool (a Python constant), got a "
+            f"traced {type(v).__name__} (a traced value cannot be used: pass it as a constant, e.g. "
+            f"via static_argnums / static_argnames of jit, not as a jit/grad/vmap argument)"
+        )
     if getattr(v, "shape", None) == () and getattr(v, "dtype", None) == np.bool_:
         return bool(v)
     raise TypeError(f"{name} must be a Python bool, got {v!r}")
@@ -170,5 +180,14 @@ def static_pair(name: str, v, *, minimum: int = 1) -> tuple[int, int]:
     return v, v
 
 
-__all__ = ["float_array", "int_array", "index_array", "same_dtype", "shape_is", "static_bool", "static_float",
-           "static_int", "static_pair"]
+__all__ = [
+    "float_array",
+    "int_array",
+    "index_array",
+    "same_dtype",
+    "shape_is",
+    "static_bool",
+    "static_float",
+    "static_int",
+    "static_pair",
+]

@@ -120,14 +120,17 @@ def describe(tree) -> list[tuple[str, tuple[int, ...], str]]:
         if spec is None:
             raise TypeError(f"{name or 'the tree'} is a {type(leaf).__name__}, not an array")
         if not _storable(spec[1]):
-            raise TypeError(f"{name or 'the tree'} has dtype {spec[1]}, which a checkpoint cannot hold "
-                            "(numeric, bool and PRNG key arrays only)")
+            raise TypeError(
+                f"{name or 'the tree'} has dtype {spec[1]}, which a checkpoint cannot hold "
+                "(numeric, bool and PRNG key arrays only)"
+            )
         out.append((name, spec[0], str(spec[1])))
     return out
 
 
 def _first_difference(held: list, expected: list) -> str:
     """Sentence naming the first place where the stored manifest and ``like``'s differ ('' if none)."""
+
     def show(entry):
         return f"{entry[0] or 'the tree'} {entry[1]} {entry[2]}"
 
@@ -143,8 +146,11 @@ def _first_difference(held: list, expected: list) -> str:
         if len(held) == len(expected):
             return ""
         n = min(len(held), len(expected))
-        where = (f"the model also has {show(expected[n])}" if len(expected) > n
-                 else f"the checkpoint also holds {show(held[n])}")
+        where = (
+            f"the model also has {show(expected[n])}"
+            if len(expected) > n
+            else f"the checkpoint also holds {show(held[n])}"
+        )
     if len(held) != len(expected):
         return f"holds {len(held)} arrays, the model has {len(expected)} (first difference: {where})"
     return where
@@ -207,14 +213,17 @@ def _looks_like_pickle(path: Path) -> bool:
             head = f.read(2)
     except OSError:
         return False
-    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5   # PROTO opcode, protocols 2-5
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5  # PROTO opcode, protocols 2-5
 
 
 def _not_a_directory(path: Path) -> CheckpointError:
     if _looks_like_pickle(path):
-        return CheckpointError(path, "is a pickle file, not a checkpoint directory; pickles are refused "
-                                     "because loading one can run arbitrary code (old-format checkpoints "
-                                     "cannot be resumed: start the run again)")
+        return CheckpointError(
+            path,
+            "is a pickle file, not a checkpoint directory; pickles are refused "
+            "because loading one can run arbitrary code (old-format checkpoints "
+            "cannot be resumed: start the run again)",
+        )
     return CheckpointError(path, "is a file, not a checkpoint directory")
 
 
@@ -280,20 +289,24 @@ def _manifest_text(arrays: list, files: dict, metadata: dict) -> str:
     """``manifest.json``: one line per array and per file, so that it reads well in an editor."""
     rows = ",\n  ".join(json.dumps(entry) for entry in arrays)
     digests = ",\n  ".join(f"{json.dumps(rel)}: {json.dumps(info)}" for rel, info in files.items())
-    return (f'{{"format": {json.dumps(FORMAT)}, "version": {VERSION},\n'
-            f' "arrays": [\n  {rows}],\n "files": {{\n  {digests}}},\n'
-            f' "metadata": {json.dumps(metadata, indent=1)}}}\n')
+    return (
+        f'{{"format": {json.dumps(FORMAT)}, "version": {VERSION},\n'
+        f' "arrays": [\n  {rows}],\n "files": {{\n  {digests}}},\n'
+        f' "metadata": {json.dumps(metadata, indent=1)}}}\n'
+    )
 
 
 def _check_replaceable(path: Path) -> None:
     if path.is_file() or (path.exists() and not path.is_dir()):
-        raise CheckpointError(path, "exists and is not a checkpoint directory; refusing to replace it "
-                                    "(remove it first)")
+        raise CheckpointError(
+            path, "exists and is not a checkpoint directory; refusing to replace it (remove it first)"
+        )
     if path.is_dir():
         extra = sorted({p.name for p in path.iterdir()} - {MANIFEST, STATE})
         if extra:
-            raise CheckpointError(path, f"exists and is not a checkpoint (it holds {', '.join(extra[:5])}); "
-                                        "refusing to replace it")
+            raise CheckpointError(
+                path, f"exists and is not a checkpoint (it holds {', '.join(extra[:5])}); refusing to replace it"
+            )
 
 
 def save(path: str | os.PathLike, tree, *, metadata: dict | None = None) -> None:
@@ -333,7 +346,7 @@ def save(path: str | os.PathLike, tree, *, metadata: dict | None = None) -> None
         if stored:
             with _orbax_call():
                 ocp, checkpointer = _checkpointer()
-                checkpointer.save(partial / STATE, args=ocp.args.StandardSave(stored))
+                checkpointer.save((partial / STATE).absolute(), args=ocp.args.StandardSave(stored))
         if primary:
             _write_manifest(partial, entries, meta)
             _move_into_place(partial, target, old)
@@ -342,16 +355,19 @@ def save(path: str | os.PathLike, tree, *, metadata: dict | None = None) -> None
         if primary:
             shutil.rmtree(partial, ignore_errors=True)
         if isinstance(e, Exception) and not isinstance(e, CheckpointError):
-            raise CheckpointError(path, f"could not write the checkpoint ({_brief(e)}); "
-                                        "any previous checkpoint there is unchanged") from e
+            raise CheckpointError(
+                path, f"could not write the checkpoint ({_brief(e)}); any previous checkpoint there is unchanged"
+            ) from e
         raise
 
 
 def _write_manifest(partial: Path, arrays: list, metadata: dict) -> None:
     """Digest every file orbax wrote and write ``manifest.json`` (durably) into the unfinished checkpoint."""
     state = partial / STATE
-    files = {rel: {"size": (partial / rel).stat().st_size, "sha256": _sha256(partial / rel)}
-             for rel in (_files_under(state) if state.is_dir() else [])}
+    files = {
+        rel: {"size": (partial / rel).stat().st_size, "sha256": _sha256(partial / rel)}
+        for rel in (_files_under(state) if state.is_dir() else [])
+    }
     tmp = partial / (MANIFEST + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(_manifest_text(arrays, files, metadata))
@@ -369,7 +385,7 @@ def _move_into_place(partial: Path, target: Path, old: Path) -> None:
         try:
             os.replace(partial, target)
         except BaseException:
-            os.replace(old, target)                                # put the previous checkpoint back
+            os.replace(old, target)  # put the previous checkpoint back
             raise
         _remove(old)
     else:
@@ -382,16 +398,21 @@ def _read_manifest(path: Path) -> dict:
     if not path.exists():
         hint = ""
         if (path.parent / f".{path.name}.old").is_dir():
-            hint = (f"; a save was interrupted while replacing it: the previous checkpoint is "
-                    f"{path.parent / f'.{path.name}.old'}")
+            hint = (
+                f"; a save was interrupted while replacing it: the previous checkpoint is "
+                f"{path.parent / f'.{path.name}.old'}"
+            )
         raise CheckpointError(path, f"no checkpoint there{hint}")
     if not path.is_dir():
         raise _not_a_directory(path)
     mpath = path / MANIFEST
     if not mpath.is_file():
         found = sorted(p.name for p in path.iterdir())
-        raise CheckpointError(path, f"has no {MANIFEST}, so it is not a complete jdlfs checkpoint "
-                                    f"(it holds: {', '.join(found[:8]) or 'nothing'})")
+        raise CheckpointError(
+            path,
+            f"has no {MANIFEST}, so it is not a complete jdlfs checkpoint "
+            f"(it holds: {', '.join(found[:8]) or 'nothing'})",
+        )
     try:
         doc = json.loads(mpath.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -410,20 +431,26 @@ def _check_manifest(doc) -> None:
         raise ValueError(f"'format' is not {FORMAT!r}")
     if doc.get("version") != VERSION:
         raise ValueError(f"version {doc.get('version')!r}; this jdlfs reads version {VERSION}")
-    if not isinstance(doc.get("arrays"), list) or not isinstance(doc.get("files"), dict) \
-            or not isinstance(doc.get("metadata"), dict):
+    if (
+        not isinstance(doc.get("arrays"), list)
+        or not isinstance(doc.get("files"), dict)
+        or not isinstance(doc.get("metadata"), dict)
+    ):
         raise TypeError("'arrays' must be a list, 'files' and 'metadata' dicts")
     for i, e in enumerate(doc["arrays"]):
-        if not (isinstance(e, dict) and isinstance(e.get("path"), str) and isinstance(e.get("dtype"), str)
-                and isinstance(e.get("shape"), list)
-                and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in e["shape"])):
+        if not (
+            isinstance(e, dict)
+            and isinstance(e.get("path"), str)
+            and isinstance(e.get("dtype"), str)
+            and isinstance(e.get("shape"), list)
+            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in e["shape"])
+        ):
             raise TypeError(f"arrays[{i}] is not {{'path': str, 'shape': [int, ...], 'dtype': str}}")
     for rel, info in doc["files"].items():
         parts = PurePosixPath(rel).parts
         if not parts or parts[0] != STATE or ".." in parts or len(parts) < 2:
             raise ValueError(f"file entry {rel!r} is not a path under {STATE}/")
-        if not (isinstance(info, dict) and isinstance(info.get("size"), int)
-                and isinstance(info.get("sha256"), str)):
+        if not (isinstance(info, dict) and isinstance(info.get("size"), int) and isinstance(info.get("sha256"), str)):
             raise TypeError(f"file entry {rel!r} has no size and sha256")
 
 
@@ -436,14 +463,16 @@ def _verify_files(path: Path, files: dict) -> None:
             raise CheckpointError(path, f"{rel} is missing (the checkpoint is incomplete or was modified)")
         size = f.stat().st_size
         if size != info["size"]:
-            raise CheckpointError(path, f"{rel} is truncated or modified: {size} bytes, the manifest says "
-                                        f"{info['size']}")
+            raise CheckpointError(
+                path, f"{rel} is truncated or modified: {size} bytes, the manifest says {info['size']}"
+            )
         if _sha256(f) != info["sha256"]:
             raise CheckpointError(path, f"{rel} is corrupted: its SHA-256 does not match the manifest")
     extra = sorted(on_disk - set(files))
     if extra:
-        raise CheckpointError(path, f"{extra[0]} was not written by save (the checkpoint was modified); "
-                                    "refusing to read it")
+        raise CheckpointError(
+            path, f"{extra[0]} was not written by save (the checkpoint was modified); refusing to read it"
+        )
 
 
 def _key_data(impl: str) -> jax.ShapeDtypeStruct:
@@ -479,8 +508,11 @@ def load(path: str | os.PathLike, like) -> tuple[Any, dict]:
     if not jax.config.jax_enable_x64:
         for name, _, dtype in held:
             if not dtype.startswith("key<") and jax.dtypes.canonicalize_dtype(np.dtype(dtype)) != np.dtype(dtype):
-                raise CheckpointError(path, f"holds {name or 'the tree'} as {dtype}, which JAX can only hold "
-                                            "with jax_enable_x64 on (it would be narrowed silently)")
+                raise CheckpointError(
+                    path,
+                    f"holds {name or 'the tree'} as {dtype}, which JAX can only hold "
+                    "with jax_enable_x64 on (it would be narrowed silently)",
+                )
     _verify_files(path, doc["files"])
     plans = [_plan(path, name, leaf, entry) for (name, leaf), entry in zip(leaves, doc["arrays"])]
     restored = _restore(path, {f"{i:06d}": plan[-1] for i, plan in enumerate(plans) if plan[-1] is not None})
@@ -492,7 +524,7 @@ def _plan(path: Path, name: str, leaf, entry: dict) -> tuple:
     """``(name, shape, dtype, sharding, key_impl, what orbax restores or None)`` for one leaf of ``like``."""
     shape, dtype, sharding, impl = tuple(entry["shape"]), _leaf_spec(leaf)[1], _target_sharding(leaf), None
     stored_shape, stored_dtype, orbax_sharding = shape, dtype, sharding
-    if _is_key(dtype):                    # key data comes back as numpy, then is wrapped and placed
+    if _is_key(dtype):  # key data comes back as numpy, then is wrapped and placed
         impl = entry.get("key_impl")
         try:
             data = _key_data(impl)
@@ -500,7 +532,7 @@ def _plan(path: Path, name: str, leaf, entry: dict) -> tuple:
             raise CheckpointError(path, f"{name} has unknown PRNG implementation {impl!r}") from e
         stored_shape, stored_dtype, orbax_sharding = shape + data.shape, data.dtype, None
     abstract = None
-    if math.prod(stored_shape):           # zero-size leaves were not stored
+    if math.prod(stored_shape):  # zero-size leaves were not stored
         abstract = jax.ShapeDtypeStruct(stored_shape, stored_dtype, sharding=orbax_sharding)
     return name, shape, dtype, sharding, impl, abstract
 
@@ -514,7 +546,9 @@ def _restore(path: Path, abstract: dict) -> dict:
     try:
         with _orbax_call():
             ocp, checkpointer = _checkpointer()
-            return checkpointer.restore(path / STATE, args=ocp.args.StandardRestore(abstract))
+            return checkpointer.restore(
+                (path / STATE).absolute(), args=ocp.args.StandardRestore(abstract)
+            )  # orbax needs absolute paths
     except Exception as e:
         raise CheckpointError(path, f"orbax could not read the arrays in {STATE}/ ({_brief(e)})") from e
 
@@ -532,8 +566,9 @@ def _finish(path: Path, plan: tuple, value):
     elif not isinstance(value, jax.Array):
         value = jnp.asarray(value)
     if tuple(value.shape) != shape or value.dtype != dtype:
-        raise CheckpointError(path, f"{name} came back with shape {tuple(value.shape)} and dtype {value.dtype}, "
-                                    f"not {shape} {dtype}")
+        raise CheckpointError(
+            path, f"{name} came back with shape {tuple(value.shape)} and dtype {value.dtype}, not {shape} {dtype}"
+        )
     return value
 
 

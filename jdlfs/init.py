@@ -66,8 +66,12 @@ he_normal: Initializer = variance_scaling(2.0, "fan_in", "normal")
 he_uniform: Initializer = variance_scaling(2.0, "fan_in", "uniform")
 
 BY_NAME = {
-    "zeros": zeros, "normal": normal(0.01), "xavier_normal": xavier_normal,
-    "xavier_uniform": xavier_uniform, "he_normal": he_normal, "he_uniform": he_uniform,
+    "zeros": zeros,
+    "normal": normal(0.01),
+    "xavier_normal": xavier_normal,
+    "xavier_uniform": xavier_uniform,
+    "he_normal": he_normal,
+    "he_uniform": he_uniform,
 }
 
 

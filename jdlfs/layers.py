@@ -30,9 +30,9 @@ layers of any kind.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
-
 import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -47,11 +47,11 @@ State = Any
 
 
 class Layer(NamedTuple):
-    init: Callable[..., tuple[Params, State]]     # (key, input_shape) -> (params, state)
+    init: Callable[..., tuple[Params, State]]  # (key, input_shape) -> (params, state)
     apply: Callable[..., tuple[jax.Array, State]]  # (params, state, x, *, key, train) -> (y, state)
-    name: str                                      # a description, e.g. "Linear(128)"
-    layers: tuple = ()                             # a combinator's named sub-layers: ((name, Layer), ...)
-    run: Callable | None = None                    # serial only: apply that also returns every activation
+    name: str  # a description, e.g. "Linear(128)"
+    layers: tuple = ()  # a combinator's named sub-layers: ((name, Layer), ...)
+    run: Callable | None = None  # serial only: apply that also returns every activation
 
 
 def output_shape(layer: Layer, params, state, input_shape, dtype=jnp.float32) -> tuple[int, ...]:
@@ -62,6 +62,7 @@ def output_shape(layer: Layer, params, state, input_shape, dtype=jnp.float32) ->
 
 def _stateless(name: str, fn: Callable[[jax.Array], jax.Array]) -> Layer:
     """A layer with no parameters and no state: ``y = fn(x)``."""
+
     def init(key, input_shape):
         return {}, {}
 
@@ -95,8 +96,17 @@ def Linear(out_features: int, *, use_bias: bool = True, w_init="he_normal", b_in
     return Layer(init, apply, f"Linear({out_features})")
 
 
-def Conv2d(out_channels: int, kernel_size=3, *, stride=1, padding="SAME", use_bias: bool = True,
-           impl: str = "lax", w_init="he_normal", b_init="zeros") -> Layer:
+def Conv2d(
+    out_channels: int,
+    kernel_size=3,
+    *,
+    stride=1,
+    padding="SAME",
+    use_bias: bool = True,
+    impl: str = "lax",
+    w_init="he_normal",
+    b_init="zeros",
+) -> Layer:
     """2-D convolution, NHWC in and out, kernel HWIO. ``impl``: ``"lax"`` (fast)
     or ``"im2col"`` (explicit patches + matmul); both are hand-differentiated."""
     _positive("out_channels", out_channels)
@@ -137,6 +147,7 @@ def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5) -> Layer:
     momentum) and Flax's ``momentum=0.9`` (Flax's default is 0.99); the running
     variance is the unbiased one, as in PyTorch (Flax keeps the biased one).
     """
+
     def init(key, input_shape):
         c = input_shape[-1]
         params = {"gamma": jnp.ones((c,), jnp.float32), "beta": jnp.zeros((c,), jnp.float32)}
@@ -145,19 +156,24 @@ def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5) -> Layer:
 
     def apply(params, state, x, *, key=None, train=False):
         if not train:
-            return F.batch_norm_inference(x, params["gamma"], params["beta"], state["mean"], state["var"],
-                                          eps=eps), state
+            return F.batch_norm_inference(
+                x, params["gamma"], params["beta"], state["mean"], state["var"], eps=eps
+            ), state
         m = math.prod(x.shape[:-1])
         if m == 0:
-            raise ValueError(f"BatchNorm in training needs a non-empty batch, got x of shape {tuple(x.shape)}: "
-                             "batch statistics of zero values are undefined (and would turn the running "
-                             "statistics into NaN)")
+            raise ValueError(
+                f"BatchNorm in training needs a non-empty batch, got x of shape {tuple(x.shape)}: "
+                "batch statistics of zero values are undefined (and would turn the running "
+                "statistics into NaN)"
+            )
         y, mean, var = F.batch_norm(x, params["gamma"], params["beta"], eps=eps)
         # Running statistics stay float32 whatever the activation dtype (a float16 variance overflows at 65,504).
         mean = jax.lax.stop_gradient(mean).astype(jnp.float32)
         var = jax.lax.stop_gradient(var).astype(jnp.float32) * (m / max(m - 1, 1))
-        new_state = {"mean": momentum * state["mean"] + (1 - momentum) * mean,
-                     "var": momentum * state["var"] + (1 - momentum) * var}
+        new_state = {
+            "mean": momentum * state["mean"] + (1 - momentum) * mean,
+            "var": momentum * state["var"] + (1 - momentum) * var,
+        }
         return y, new_state
 
     return Layer(init, apply, f"BatchNorm(momentum={momentum})")
@@ -165,6 +181,7 @@ def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5) -> Layer:
 
 def LayerNorm(*, eps: float = 1e-5) -> Layer:
     """Layer normalization over the last axis, learned ``gamma``/``beta``."""
+
     def init(key, input_shape):
         d = input_shape[-1]
         return {"gamma": jnp.ones((d,), jnp.float32), "beta": jnp.zeros((d,), jnp.float32)}, {}
@@ -177,7 +194,7 @@ def LayerNorm(*, eps: float = 1e-5) -> Layer:
 
 def Embedding(vocab_size: int, dim: int, *, w_init=None) -> Layer:
     """Integer ids ``(...)`` -> vectors ``(..., dim)``; table ``N(0, 1/dim)`` by default."""
-    w_init = initializers.normal(dim ** -0.5) if w_init is None else initializers.get(w_init)
+    w_init = initializers.normal(dim**-0.5) if w_init is None else initializers.get(w_init)
 
     def init(key, input_shape):
         return {"table": w_init(key, (vocab_size, dim), jnp.float32)}, {}
@@ -192,6 +209,7 @@ def Dropout(rate: float) -> Layer:
     """Inverted dropout; active only with ``train=True``, which then needs ``key``."""
     if not 0.0 <= float(rate) < 1.0:
         raise ValueError(f"Dropout rate must be in [0, 1), got {rate}")
+
     def init(key, input_shape):
         return {}, {}
 
@@ -223,15 +241,14 @@ def Flatten() -> Layer:
     return _stateless("Flatten", lambda x: x.reshape(x.shape[0], math.prod(x.shape[1:])))
 
 
-Relu = lambda: _stateless("Relu", F.relu)                                    # noqa: E731
-Sigmoid = lambda: _stateless("Sigmoid", F.sigmoid)                           # noqa: E731
-Tanh = lambda: _stateless("Tanh", F.tanh)                                    # noqa: E731
+Relu = lambda: _stateless("Relu", F.relu)  # noqa: E731
+Sigmoid = lambda: _stateless("Sigmoid", F.sigmoid)  # noqa: E731
+Tanh = lambda: _stateless("Tanh", F.tanh)  # noqa: E731
 Gelu = lambda approximate=False: _stateless("Gelu", lambda x: F.gelu(x, approximate))  # noqa: E731
 LeakyRelu = lambda slope=0.01: _stateless("LeakyRelu", lambda x: F.leaky_relu(x, slope))  # noqa: E731
-Step = lambda: _stateless("Step", F.step)                                    # noqa: E731
+Step = lambda: _stateless("Step", F.step)  # noqa: E731
 
-ACTIVATIONS = {"relu": Relu, "sigmoid": Sigmoid, "tanh": Tanh, "gelu": Gelu,
-               "leaky_relu": LeakyRelu, "step": Step}
+ACTIVATIONS = {"relu": Relu, "sigmoid": Sigmoid, "tanh": Tanh, "gelu": Gelu, "leaky_relu": LeakyRelu, "step": Step}
 
 
 def activation(name: str) -> Layer:
@@ -256,8 +273,7 @@ def _named(layers) -> tuple[tuple[str, Layer], ...]:
             kind = _kind(item)
             counts[kind] = counts.get(kind, 0) + 1
             named.append((f"{kind}{counts[kind]}", item))
-        elif (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
-              and isinstance(item[1], Layer)):
+        elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], Layer):
             named.append(item)
         else:
             raise TypeError(f"serial takes layers or (name, layer) pairs, got {item!r}")
@@ -295,8 +311,10 @@ def serial(*layers, name: str = "serial") -> Layer:
         for what, tree in (("params", params), ("state", state)):
             if not isinstance(tree, dict) or sorted(tree) != sorted(names):
                 got = sorted(tree) if isinstance(tree, dict) else type(tree).__name__
-                raise ValueError(f"{name}: {what} must hold one entry per layer, keyed {names}; got {got}. "
-                                 "Were they made by this model's init?")
+                raise ValueError(
+                    f"{name}: {what} must hold one entry per layer, keyed {names}; got {got}. "
+                    "Were they made by this model's init?"
+                )
         keys = jax.random.split(key, len(named)) if key is not None else [None] * len(named)
         new_states, acts = {}, {}
         for (n, layer), k in zip(named, keys):

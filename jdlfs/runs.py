@@ -89,8 +89,17 @@ __all__ = [
 RESULTS = "results.json"
 CHECKPOINT = "checkpoint"
 #: Keys :func:`start` / :func:`finish` write into ``results.json``; a script's results may not use them.
-RESERVED_KEYS = ("experiment", "status", "started", "finished", "stopped", "argv", "config", "resumed",
-                 "previous_status")
+RESERVED_KEYS = (
+    "experiment",
+    "status",
+    "started",
+    "finished",
+    "stopped",
+    "argv",
+    "config",
+    "resumed",
+    "previous_status",
+)
 
 
 class UsageError(Exception):
@@ -195,20 +204,31 @@ def experiment_parser(name: str, description: str) -> argparse.ArgumentParser:
     formatter; an option whose default is ``None`` says in its help what
     leaving it out does (as ``--out`` and ``--devices`` do here).
     """
-    p = _ExperimentParser(prog=f"experiments/{name}.py", description=description,
-                          formatter_class=_HelpFormatter)
+    p = _ExperimentParser(prog=f"experiments/{name}.py", description=description, formatter_class=_HelpFormatter)
     p.add_argument("--seed", type=int, default=0, help="PRNG seed; the same seed gives the same result")
-    p.add_argument("--data-dir", metavar="DIR", default=os.environ.get("JDLFS_DATA_DIR") or None,
-                   help="folder holding the datasets (mnist/, cifar10/, ...), e.g. ../shared/data; "
-                        "taken from $JDLFS_DATA_DIR when not given")
-    p.add_argument("--out", metavar="DIR", default=None,
-                   help=f"run folder; default runs/{name}/<timestamp>-<suffix>; "
-                        "pass an existing run folder to resume it")
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        default=os.environ.get("JDLFS_DATA_DIR") or None,
+        help="folder holding the datasets (mnist/, cifar10/, ...), e.g. ../shared/data; "
+        "taken from $JDLFS_DATA_DIR when not given",
+    )
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        default=None,
+        help=f"run folder; default runs/{name}/<timestamp>-<suffix>; pass an existing run folder to resume it",
+    )
     p.add_argument("--quick", action="store_true", help="small, fast configuration (a CI smoke run)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--devices", metavar="N", type=_device_count, default=None,
-                   help="train data-parallel on the first N local devices (the batch is split across them); "
-                        "default: all local devices")
+    p.add_argument(
+        "--devices",
+        metavar="N",
+        type=_device_count,
+        default=None,
+        help="train data-parallel on the first N local devices (the batch is split across them); "
+        "default: all local devices",
+    )
     p.set_defaults(experiment=name)
     return p
 
@@ -227,11 +247,15 @@ def local_devices(args: argparse.Namespace, batch_size: int | None = None) -> li
     available = jax.devices()
     n = len(available) if getattr(args, "devices", None) is None else args.devices
     if n > len(available):
-        raise UsageError(f"--devices {n} asks for more devices than the {len(available)} available "
-                         f"({', '.join(str(d) for d in available)})")
+        raise UsageError(
+            f"--devices {n} asks for more devices than the {len(available)} available "
+            f"({', '.join(str(d) for d in available)})"
+        )
     if batch_size is not None and batch_size % n:
-        raise UsageError(f"the batch size {batch_size} is not divisible by the {n} devices: each device gets an "
-                         f"equal share; pass --devices N with N dividing {batch_size} (or change --batch-size)")
+        raise UsageError(
+            f"the batch size {batch_size} is not divisible by the {n} devices: each device gets an "
+            f"equal share; pass --devices N with N dividing {batch_size} (or change --batch-size)"
+        )
     return available[:n]
 
 
@@ -308,12 +332,19 @@ def start(args: argparse.Namespace) -> Path:
             raise UsageError(f"--out {out} is a file, not a folder")
         previous = _read_results(out)
         if previous is not None and previous.get("experiment", experiment) != experiment:
-            raise UsageError(f"--out {out} is a run folder of {previous['experiment']!r}, not of {experiment!r}; "
-                             "pick another folder")
+            raise UsageError(
+                f"--out {out} is a run folder of {previous['experiment']!r}, not of {experiment!r}; pick another folder"
+            )
         created = _mkdirs(out)
     args.out = str(out)
-    header = {"experiment": experiment, "status": "running", "started": _now(),
-              "argv": getattr(args, "_argv", None), "config": _config(args), "resumed": previous is not None}
+    header = {
+        "experiment": experiment,
+        "status": "running",
+        "started": _now(),
+        "argv": getattr(args, "_argv", None),
+        "config": _config(args),
+        "resumed": previous is not None,
+    }
     if previous is not None:
         header["previous_status"] = previous.get("status")
     write_json(out / RESULTS, header)
@@ -323,9 +354,14 @@ def start(args: argparse.Namespace) -> Path:
 
 
 def _environment() -> dict:
-    return {"jax": jax.__version__, "backend": jax.default_backend(),
-            "devices": [str(d) for d in jax.devices()],
-            "python": platform.python_version(), "machine": platform.machine(), "cpu_count": os.cpu_count()}
+    return {
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }
 
 
 def finish(args: argparse.Namespace, results: dict) -> dict:
@@ -344,8 +380,11 @@ def finish(args: argparse.Namespace, results: dict) -> dict:
     if clash:
         raise ValueError(f"results may not use the keys {clash}: runs.finish writes them")
     run = _active if _active is not None and Path(args.out) == _active.out else None
-    header = dict(run.header) if run is not None else {
-        "experiment": args.experiment, "argv": getattr(args, "_argv", None), "resumed": False}
+    header = (
+        dict(run.header)
+        if run is not None
+        else {"experiment": args.experiment, "argv": getattr(args, "_argv", None), "resumed": False}
+    )
     t0 = run.t0 if run is not None else getattr(args, "_t0", time.perf_counter())
     record = {**header, "status": "finished", "finished": _now(), "config": _config(args)}
     record.update(results)
@@ -366,8 +405,7 @@ def finish(args: argparse.Namespace, results: dict) -> dict:
 
 def _stop(run: _Run, status: str, **extra) -> None:
     """Rewrite ``results.json`` of an unfinished run with ``status``."""
-    record = {**run.header, "status": status, "stopped": _now(),
-              "wall_seconds": time.perf_counter() - run.t0, **extra}
+    record = {**run.header, "status": status, "stopped": _now(), "wall_seconds": time.perf_counter() - run.t0, **extra}
     try:
         write_json(run.out / RESULTS, record)
     except OSError as e:  # the folder went away or the disk is full: say so, keep the real error
@@ -410,12 +448,16 @@ def user_message(error: BaseException) -> str:
         lines = [f"{error.path} is corrupt or truncated: {error.problem}"]
         sums = _checksum_files(path) if path.exists() else []
         if sums:
-            lines.append(f"Check it against the published checksums in {', '.join(map(str, sums))} "
-                         f"(cd {sums[0].parent} && {sums[0].name.lower()[:-4]}sum -c --ignore-missing "
-                         f"{sums[0].name}) and download the file again.")
+            lines.append(
+                f"Check it against the published checksums in {', '.join(map(str, sums))} "
+                f"(cd {sums[0].parent} && {sums[0].name.lower()[:-4]}sum -c --ignore-missing "
+                f"{sums[0].name}) and download the file again."
+            )
         else:
-            lines.append("Check it against the checksums published with the dataset (MD5SUMS / SHA256SUMS "
-                         "next to the data, or the MD5s on the download page) and download the file again.")
+            lines.append(
+                "Check it against the checksums published with the dataset (MD5SUMS / SHA256SUMS "
+                "next to the data, or the MD5s on the download page) and download the file again."
+            )
         return "\n".join(lines)
     return str(error)
 
@@ -504,8 +546,10 @@ def epoch_timing(history: Sequence[dict], key: str = "train_seconds") -> dict:
     seconds = [float(h[key]) for h in history]
     if not seconds:
         raise ValueError("epoch_timing: the history is empty")
-    return {"seconds_per_epoch": float(np.median(seconds[1:] or seconds)),
-            "first_epoch_seconds_with_compile": seconds[0]}
+    return {
+        "seconds_per_epoch": float(np.median(seconds[1:] or seconds)),
+        "first_epoch_seconds_with_compile": seconds[0],
+    }
 
 
 # ----------------------------------------------------------------- figures
@@ -546,11 +590,17 @@ def plot_confusion(conf, accuracy: float, class_names=None):
     for i in range(k):
         for j in range(k):
             if conf[i, j]:
-                ax.text(j, i, str(conf[i, j]), ha="center", va="center", fontsize=7,
-                        color="k" if i != j else "tab:green")
+                ax.text(
+                    j, i, str(conf[i, j]), ha="center", va="center", fontsize=7, color="k" if i != j else "tab:green"
+                )
     labels = class_names if class_names is not None else range(k)
-    ax.set(xlabel="predicted", ylabel="true", xticks=range(k), yticks=range(k),
-           title=f"test confusion (accuracy {100 * accuracy:.2f}%)\ncolour: errors; diagonal: correct counts")
+    ax.set(
+        xlabel="predicted",
+        ylabel="true",
+        xticks=range(k),
+        yticks=range(k),
+        title=f"test confusion (accuracy {100 * accuracy:.2f}%)\ncolour: errors; diagonal: correct counts",
+    )
     ax.set_xticklabels(labels, rotation=45 if class_names is not None else 0)
     ax.set_yticklabels(labels)
     fig.colorbar(im, ax=ax, shrink=0.8, label="errors")

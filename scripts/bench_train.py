@@ -76,6 +76,7 @@ def bench_model(name, model, shape, batch_size, steps, repeats):
         def body(ts, b):
             ts, m = scan_step(ts, (b[0], b[1]), jax.random.fold_in(key, ts.step))
             return ts, m["loss"]
+
         return jax.lax.scan(body, ts, (xs, ys))
 
     def scan():
@@ -86,11 +87,12 @@ def bench_model(name, model, shape, batch_size, steps, repeats):
         return n / (time.perf_counter() - t0)
 
     def fit():
-        r = train.fit(task, params, state, opt, (x, y), epochs=2, batch_size=batch_size,
-                      key=jax.random.key(1), progress=False)
-        return r.history[-1]["train_examples_per_second"]           # epoch 2: compiled, as in a real run
+        r = train.fit(
+            task, params, state, opt, (x, y), epochs=2, batch_size=batch_size, key=jax.random.key(1), progress=False
+        )
+        return r.history[-1]["train_examples_per_second"]  # epoch 2: compiled, as in a real run
 
-    bare(), scan(), fit()                                             # compile / warm up
+    bare(), scan(), fit()  # compile / warm up
     rows = {"bare": [], "fit": [], "scan": []}
     for _ in range(repeats):
         rows["bare"].append(bare())
@@ -98,31 +100,41 @@ def bench_model(name, model, shape, batch_size, steps, repeats):
         rows["scan"].append(scan())
     med = {k: float(np.median(v)) for k, v in rows.items()}
     ratio = [f / b for f, b in zip(rows["fit"], rows["bare"])]
-    return {"model": name, "batch_size": batch_size, "steps": steps,
-            **{f"{k}_images_per_s": med[k] for k in rows},
-            **{f"{k}_spread": [float(min(v)), float(max(v))] for k, v in rows.items()},
-            "fit_over_bare": float(np.median(ratio)), "fit_over_bare_spread": [min(ratio), max(ratio)]}
+    return {
+        "model": name,
+        "batch_size": batch_size,
+        "steps": steps,
+        **{f"{k}_images_per_s": med[k] for k in rows},
+        **{f"{k}_spread": [float(min(v)), float(max(v))] for k, v in rows.items()},
+        "fit_over_bare": float(np.median(ratio)),
+        "fit_over_bare_spread": [min(ratio), max(ratio)],
+    }
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="fewer steps per measurement (CI-sized)")
     p.add_argument("--repeats", type=int, default=5, help="interleaved rounds per model")
     p.add_argument("--filter", default="", help="only models whose name contains this text")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = p.parse_args(argv)
     rows = []
-    print(f"{'model':<22} {'batch':>5} {'bare img/s':>11} {'fit img/s':>10} {'scan img/s':>11} "
-          f"{'fit/bare (min-max)':>22}")
+    print(
+        f"{'model':<22} {'batch':>5} {'bare img/s':>11} {'fit img/s':>10} {'scan img/s':>11} {'fit/bare (min-max)':>22}"
+    )
     for cfg in configs(args.quick):
         if args.filter.lower() not in cfg[0].lower():
             continue
         r = bench_model(*cfg, args.repeats)
         rows.append(r)
         lo, hi = r["fit_over_bare_spread"]
-        print(f"{r['model']:<22} {r['batch_size']:>5} {r['bare_images_per_s']:>11.0f} {r['fit_images_per_s']:>10.0f} "
-              f"{r['scan_images_per_s']:>11.0f} {r['fit_over_bare']:>9.3f} ({lo:.3f}-{hi:.3f})", flush=True)
+        print(
+            f"{r['model']:<22} {r['batch_size']:>5} {r['bare_images_per_s']:>11.0f} {r['fit_images_per_s']:>10.0f} "
+            f"{r['scan_images_per_s']:>11.0f} {r['fit_over_bare']:>9.3f} ({lo:.3f}-{hi:.3f})",
+            flush=True,
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": str(jax.devices()[0]), "backend": jax.default_backend(), "rows": rows}, f, indent=2)

@@ -44,9 +44,17 @@ def op_benchmarks():
     labels = jax.random.randint(next(k), (256,), 0, 10)
     return [
         ("linear (256x784 @ 784x128)", F.linear, (n(256, 784), n(784, 128), n(128))),
-        ("conv2d lax (64x32x32x32, 3x3x32x64)", lambda x, w, b: F.conv2d(x, w, b), (n(64, 32, 32, 32), n(3, 3, 32, 64), n(64))),
+        (
+            "conv2d lax (64x32x32x32, 3x3x32x64)",
+            lambda x, w, b: F.conv2d(x, w, b),
+            (n(64, 32, 32, 32), n(3, 3, 32, 64), n(64)),
+        ),
         ("conv2d lax stride 2", lambda x, w: F.conv2d(x, w, stride=2), (n(64, 32, 32, 32), n(3, 3, 32, 64))),
-        ("conv2d_im2col (64x32x32x32, 3x3x32x64)", lambda x, w, b: F.conv2d_im2col(x, w, b), (n(64, 32, 32, 32), n(3, 3, 32, 64), n(64))),
+        (
+            "conv2d_im2col (64x32x32x32, 3x3x32x64)",
+            lambda x, w, b: F.conv2d_im2col(x, w, b),
+            (n(64, 32, 32, 32), n(3, 3, 32, 64), n(64)),
+        ),
         ("max_pool2d 2x2 (64x32x32x64)", F.max_pool2d, (n(64, 32, 32, 64),)),
         ("max_pool2d 3x3/2 SAME", lambda x: F.max_pool2d(x, 3, 2, "SAME"), (n(64, 32, 32, 64),)),
         ("avg_pool2d 2x2", F.avg_pool2d, (n(64, 32, 32, 64),)),
@@ -59,10 +67,16 @@ def op_benchmarks():
         ("batch_norm (64x32x32x64)", lambda x, g, b: F.batch_norm(x, g, b)[0], (n(64, 32, 32, 64), n(64), n(64))),
         ("layer_norm (64x128x512)", F.layer_norm, (n(64, 128, 512), n(512), n(512))),
         ("embedding (10000x256, 64x128 ids)", lambda t: F.embedding(t, ids), (n(10000, 256),)),
-        ("attention causal (16x8x128x64)", lambda q, kk, v: F.attention(q, kk, v, mask=mask),
-         (n(16, 8, 128, 64), n(16, 8, 128, 64), n(16, 8, 128, 64))),
-        ("rnn (B=64 T=50 in=64 H=128)", lambda *a: F.rnn(*a)[0],
-         (n(64, 50, 64), n(64, 128), n(64, 128, scale=0.1), n(128, 128, scale=0.1), n(128))),
+        (
+            "attention causal (16x8x128x64)",
+            lambda q, kk, v: F.attention(q, kk, v, mask=mask),
+            (n(16, 8, 128, 64), n(16, 8, 128, 64), n(16, 8, 128, 64)),
+        ),
+        (
+            "rnn (B=64 T=50 in=64 H=128)",
+            lambda *a: F.rnn(*a)[0],
+            (n(64, 50, 64), n(64, 128), n(64, 128, scale=0.1), n(128, 128, scale=0.1), n(128)),
+        ),
         ("dropout 0.5 (256x4096)", lambda x: F.dropout(jax.random.key(1), x, 0.5), (n(256, 4096),)),
     ]
 
@@ -91,7 +105,7 @@ def _time_pair(f_hand, f_auto, args, repeats):
     """Best-of-``repeats`` seconds for each function, measured alternately
     (hand, autodiff, hand, ...) so both see the same machine load."""
     for f in (f_hand, f_auto):
-        for _ in range(3):                              # compile + warm up
+        for _ in range(3):  # compile + warm up
             jax.block_until_ready(f(*args))
     best = [float("inf"), float("inf")]
     for _ in range(repeats):
@@ -112,9 +126,12 @@ def bench(name, fn, args, repeats, scalar=False):
         v = jax.tree.map(lambda s: jax.random.normal(jax.random.key(9), s.shape, s.dtype), v)
 
         def make(f):
-            return jax.jit(jax.value_and_grad(
-                lambda *a: sum(jnp.vdot(c, o) for c, o in zip(jax.tree.leaves(v), jax.tree.leaves(f(*a)))),
-                argnums=tuple(range(len(args)))))
+            return jax.jit(
+                jax.value_and_grad(
+                    lambda *a: sum(jnp.vdot(c, o) for c, o in zip(jax.tree.leaves(v), jax.tree.leaves(f(*a)))),
+                    argnums=tuple(range(len(args))),
+                )
+            )
 
         grad_hand, grad_auto = make(fn), make(strip_custom_vjp(fn))
     t_hand, t_auto = _time_pair(grad_hand, grad_auto, args, repeats)
@@ -131,21 +148,33 @@ def main(argv=None):
     for name, fn, fargs in op_benchmarks():
         if args.only in name:
             rows.append(bench(name, fn, fargs, args.repeats))
-            print(f"{rows[-1]['name']:<48} hand {rows[-1]['hand_ms']:8.2f} ms  autodiff {rows[-1]['autodiff_ms']:8.2f} ms  "
-                  f"ratio {rows[-1]['ratio']:5.2f}", file=sys.stderr)
+            print(
+                f"{rows[-1]['name']:<48} hand {rows[-1]['hand_ms']:8.2f} ms  "
+                f"autodiff {rows[-1]['autodiff_ms']:8.2f} ms  "
+                f"ratio {rows[-1]['ratio']:5.2f}",
+                file=sys.stderr,
+            )
     for name, fn, fargs in model_benchmarks():
         if args.only in name:
             rows.append(bench(name, fn, fargs, args.repeats, scalar=True))
-            print(f"{rows[-1]['name']:<48} hand {rows[-1]['hand_ms']:8.2f} ms  autodiff {rows[-1]['autodiff_ms']:8.2f} ms  "
-                  f"ratio {rows[-1]['ratio']:5.2f}", file=sys.stderr)
-    print(f"\nbackend: {jax.default_backend()} ({jax.devices()[0].device_kind}), jax {jax.__version__}, "
-          f"best of {args.repeats}, interleaved; ratio = autodiff / hand (> 1: hand-written is faster)")
+            print(
+                f"{rows[-1]['name']:<48} hand {rows[-1]['hand_ms']:8.2f} ms  "
+                f"autodiff {rows[-1]['autodiff_ms']:8.2f} ms  "
+                f"ratio {rows[-1]['ratio']:5.2f}",
+                file=sys.stderr,
+            )
+    print(
+        f"\nbackend: {jax.default_backend()} ({jax.devices()[0].device_kind}), jax {jax.__version__}, "
+        f"best of {args.repeats}, interleaved; ratio = autodiff / hand (> 1: hand-written is faster)"
+    )
     print(f"{'benchmark':<50} {'hand ms':>9} {'autodiff ms':>12} {'ratio':>6}")
     for r in rows:
         print(f"{r['name']:<50} {r['hand_ms']:9.2f} {r['autodiff_ms']:12.2f} {r['ratio']:6.2f}")
     ratios = [r["ratio"] for r in rows]
-    print(f"geometric mean ratio {float(np.exp(np.mean(np.log(ratios)))):.2f}; "
-          f"slowest hand rule {min(rows, key=lambda r: r['ratio'])['name']} ({min(ratios):.2f})")
+    print(
+        f"geometric mean ratio {float(np.exp(np.mean(np.log(ratios)))):.2f}; "
+        f"slowest hand rule {min(rows, key=lambda r: r['ratio'])['name']} ({min(ratios):.2f})"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

@@ -22,8 +22,7 @@ if not os.environ.get("JDLFS_DATA_DIR") and _SHARED.is_dir():
     os.environ["JDLFS_DATA_DIR"] = str(_SHARED)
 
 _HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture]
-settings.register_profile("default", max_examples=8, deadline=None, derandomize=True,
-                          suppress_health_check=_HEALTH)
+settings.register_profile("default", max_examples=8, deadline=None, derandomize=True, suppress_health_check=_HEALTH)
 settings.register_profile("thorough", max_examples=60, deadline=None, suppress_health_check=_HEALTH)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 

@@ -24,9 +24,13 @@ TrainState = collections.namedtuple("TrainState", "params opt_state step key")
 
 
 def _params(hidden=4):
-    return {"fc1": {"w": jnp.arange(6 * hidden, dtype=jnp.float32).reshape(6, hidden) / 7,
-                    "b": jnp.full((hidden,), 0.25, jnp.float32)},
-            "fc2": {"w": jnp.linspace(-1, 1, hidden * 3, dtype=jnp.float32).reshape(hidden, 3)}}
+    return {
+        "fc1": {
+            "w": jnp.arange(6 * hidden, dtype=jnp.float32).reshape(6, hidden) / 7,
+            "b": jnp.full((hidden,), 0.25, jnp.float32),
+        },
+        "fc2": {"w": jnp.linspace(-1, 1, hidden * 3, dtype=jnp.float32).reshape(hidden, 3)},
+    }
 
 
 def _train_state(hidden=4, optimizer=None, step=3):
@@ -34,7 +38,7 @@ def _train_state(hidden=4, optimizer=None, step=3):
     opt = optimizer or optax.adam(1e-3)
     opt_state = opt.init(params)
     grads = jax.tree.map(jnp.ones_like, params)
-    _, opt_state = opt.update(grads, opt_state, params)     # non-zero moments, count 1
+    _, opt_state = opt.update(grads, opt_state, params)  # non-zero moments, count 1
     return TrainState(params, opt_state, jnp.int32(step), jax.random.key(step))
 
 
@@ -80,10 +84,20 @@ def test_round_trip_is_bit_exact_for_every_dtype_and_scalar(tmp_path):
         "i32": jnp.array([-(2**31), 2**31 - 1, 0], jnp.int32),
         "u8": np.arange(250, 256, dtype=np.uint8),
         "bool": np.array([[True, False, True]]),
-        "scalars": [jnp.float32(2.5), np.int32(-7), np.float16(0.333), jnp.bfloat16(1.25), np.bool_(True),
-                    np.uint8(255), 4.0, 3, False],
+        "scalars": [
+            jnp.float32(2.5),
+            np.int32(-7),
+            np.float16(0.333),
+            jnp.bfloat16(1.25),
+            np.bool_(True),
+            np.uint8(255),
+            4.0,
+            3,
+            False,
+        ],
         "empty": np.zeros((0, 5), np.float32),
-        "nothing": {}, "none": None,
+        "nothing": {},
+        "none": None,
     }
     ckpt.save(tmp_path / "c", tree)
     restored, metadata = ckpt.load(tmp_path / "c", tree)
@@ -94,10 +108,17 @@ def test_round_trip_is_bit_exact_for_every_dtype_and_scalar(tmp_path):
 
 def test_round_trip_of_a_train_state_with_metadata(tmp_path):
     ts = _train_state()
-    history = [{"epoch": 0, "loss": np.float32(0.75), "accuracy": 0.5, "confusion": np.eye(2, dtype=np.int64)},
-               {"epoch": 1, "loss": float("nan"), "lr": jnp.float32(0.5)}]
-    metadata = {"epoch": np.int64(2), "history": history, "config": {"width": 4, "layers": (1, 2)},
-                "optimizer": "adam(lr=0.001)", "done": np.bool_(False)}
+    history = [
+        {"epoch": 0, "loss": np.float32(0.75), "accuracy": 0.5, "confusion": np.eye(2, dtype=np.int64)},
+        {"epoch": 1, "loss": float("nan"), "lr": jnp.float32(0.5)},
+    ]
+    metadata = {
+        "epoch": np.int64(2),
+        "history": history,
+        "config": {"width": 4, "layers": (1, 2)},
+        "optimizer": "adam(lr=0.001)",
+        "done": np.bool_(False),
+    }
     ckpt.save(tmp_path / "c", ts, metadata=metadata)
     restored, meta = ckpt.load(tmp_path / "c", ts)
     _assert_bit_exact(restored, ts)
@@ -111,8 +132,9 @@ def test_round_trip_of_a_train_state_with_metadata(tmp_path):
     assert meta["config"] == {"width": 4, "layers": [1, 2]} and meta["done"] is False
     # Resuming gives the same next step as never having stopped.
     opt, grads = optax.adam(1e-3), jax.tree.map(jnp.ones_like, ts.params)
-    assert _bits(opt.update(grads, restored.opt_state, restored.params)[0]["fc1"]["w"]) == \
-        _bits(opt.update(grads, ts.opt_state, ts.params)[0]["fc1"]["w"])
+    assert _bits(opt.update(grads, restored.opt_state, restored.params)[0]["fc1"]["w"]) == _bits(
+        opt.update(grads, ts.opt_state, ts.params)[0]["fc1"]["w"]
+    )
 
 
 def test_load_into_abstract_tree_and_keeps_sharding(tmp_path):
@@ -147,8 +169,12 @@ def test_64_bit_leaves_without_x64_are_refused_not_narrowed(tmp_path):
 def test_describe_lists_key_paths_shapes_and_dtypes():
     ts = _train_state(optimizer=optax.sgd(0.1))
     assert ckpt.describe(ts) == [
-        ("params['fc1']['b']", (4,), "float32"), ("params['fc1']['w']", (6, 4), "float32"),
-        ("params['fc2']['w']", (4, 3), "float32"), ("step", (), "int32"), ("key", (), "key<fry>")]
+        ("params['fc1']['b']", (4,), "float32"),
+        ("params['fc1']['w']", (6, 4), "float32"),
+        ("params['fc2']['w']", (4, 3), "float32"),
+        ("step", (), "int32"),
+        ("key", (), "key<fry>"),
+    ]
     with pytest.raises(TypeError, match=r"\['name'\] is a str, not an array"):
         ckpt.describe({"name": "adam"})
 
@@ -156,7 +182,7 @@ def test_describe_lists_key_paths_shapes_and_dtypes():
 def test_save_leaves_no_threads_running_and_logs_nothing(tmp_path, caplog):
     caplog.set_level(logging.INFO)
     filters = list(logging.getLogger("absl").filters)
-    ckpt.save(tmp_path / "c", _train_state())            # first call also imports orbax
+    ckpt.save(tmp_path / "c", _train_state())  # first call also imports orbax
     before = {t for t in threading.enumerate()}
     ckpt.save(tmp_path / "c", _train_state())
     ckpt.load(tmp_path / "c", _train_state())
@@ -172,7 +198,7 @@ def test_replacing_a_checkpoint(tmp_path):
     ckpt.save(path, _train_state(step=2), metadata={"epoch": 2})
     restored, meta = ckpt.load(path, _train_state())
     assert int(restored.step) == 2 and meta == {"epoch": 2}
-    assert sorted(p.name for p in path.parent.iterdir()) == ["checkpoint"]   # no .partial/.old left over
+    assert sorted(p.name for p in path.parent.iterdir()) == ["checkpoint"]  # no .partial/.old left over
 
 
 @pytest.mark.parametrize("where", ["orbax_write", "manifest_write", "final_rename"])
@@ -184,20 +210,24 @@ def test_a_save_that_fails_midway_keeps_the_old_checkpoint(tmp_path, monkeypatch
         original = ocp.Checkpointer.save
 
         def save_then_fail(self, directory, *args, **kwargs):
-            original(self, directory, *args, **kwargs)          # orbax's files are on disk, then the disk is full
+            original(self, directory, *args, **kwargs)  # orbax's files are on disk, then the disk is full
             raise disk_full
+
         monkeypatch.setattr(ocp.Checkpointer, "save", save_then_fail)
     elif where == "manifest_write":
+
         def fsync_fails(fd):
             raise disk_full
-        monkeypatch.setattr(ckpt.os, "fsync", fsync_fails)          # manifest.json written, not yet synced
+
+        monkeypatch.setattr(ckpt.os, "fsync", fsync_fails)  # manifest.json written, not yet synced
     else:
         replace = os.replace
 
         def replace_fails_into_place(src, dst):
-            if Path(src).name == ".checkpoint.partial":             # the old one has been moved aside already
+            if Path(src).name == ".checkpoint.partial":  # the old one has been moved aside already
                 raise disk_full
             replace(src, dst)
+
         monkeypatch.setattr(ckpt.os, "replace", replace_fails_into_place)
 
     with pytest.raises(CheckpointError, match="No space left on device") as info:
@@ -228,11 +258,14 @@ def test_save_refuses_to_replace_something_that_is_not_a_checkpoint(tmp_path):
         ckpt.save(tmp_path / "old.pkl", _train_state())
 
 
-@pytest.mark.parametrize("metadata, message", [
-    ({"dir": Path("/tmp")}, r"metadata\['dir'\] is a PosixPath"),
-    ({"history": [{1: 0.5}]}, r"metadata\['history'\]\[0\] has key 1 of type int"),
-    ([1, 2], "metadata must be a dict"),
-])
+@pytest.mark.parametrize(
+    "metadata, message",
+    [
+        ({"dir": Path("/tmp")}, r"metadata\['dir'\] is a PosixPath"),
+        ({"history": [{1: 0.5}]}, r"metadata\['history'\]\[0\] has key 1 of type int"),
+        ([1, 2], "metadata must be a dict"),
+    ],
+)
 def test_save_refuses_metadata_that_is_not_json(tmp_path, metadata, message):
     with pytest.raises(CheckpointError, match=message):
         ckpt.save(tmp_path / "c", _train_state(), metadata=metadata)
@@ -268,8 +301,9 @@ def test_a_different_tree_is_named(tmp_path):
     bigger = {**_params(), "fc3": {"w": jnp.ones((3, 2))}}
     with pytest.raises(CheckpointError) as info:
         ckpt.load(path, bigger)
-    assert str(info.value) == (f"{path}: holds 3 arrays, the model has 4 (first difference: the model also "
-                               f"has ['fc3']['w'] (3, 2) float32)")
+    assert str(info.value) == (
+        f"{path}: holds 3 arrays, the model has 4 (first difference: the model also has ['fc3']['w'] (3, 2) float32)"
+    )
     renamed = {"enc": _params()["fc1"], "fc2": _params()["fc2"]}
     with pytest.raises(CheckpointError, match=r"holds \['fc1'\]\['b'\] where the model has \['enc'\]\['b'\]"):
         ckpt.load(path, renamed)
@@ -293,12 +327,16 @@ def _garble(f):
     f.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda f: f.write_bytes(f.read_bytes()[: f.stat().st_size // 2]), r"is truncated or modified: \d+ bytes"),
-    (_garble, "is corrupted: its SHA-256 does not match"),
-    (lambda f: f.unlink(), "is missing"),
-    (lambda f: f.write_bytes(b""), "is truncated or modified: 0 bytes"),
-], ids=["truncated", "garbled", "deleted", "emptied"])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda f: f.write_bytes(f.read_bytes()[: f.stat().st_size // 2]), r"is truncated or modified: \d+ bytes"),
+        (_garble, "is corrupted: its SHA-256 does not match"),
+        (lambda f: f.unlink(), "is missing"),
+        (lambda f: f.write_bytes(b""), "is truncated or modified: 0 bytes"),
+    ],
+    ids=["truncated", "garbled", "deleted", "emptied"],
+)
 @pytest.mark.parametrize("which", ["largest", "smallest"])
 def test_damaged_array_files_are_named(tmp_path, damage, message, which):
     path = tmp_path / "c"
@@ -310,7 +348,7 @@ def test_damaged_array_files_are_named(tmp_path, damage, message, which):
     with pytest.raises(CheckpointError, match=message) as info:
         ckpt.load(path, ts)
     assert str(info.value).startswith(f"{path}: {target.relative_to(path).as_posix()} ")
-    assert ckpt.exists(path)      # the manifest is intact; only load reads the arrays
+    assert ckpt.exists(path)  # the manifest is intact; only load reads the arrays
 
 
 def test_an_unexpected_file_in_state_is_refused(tmp_path):
@@ -331,26 +369,41 @@ def test_orbax_errors_are_wrapped(tmp_path, monkeypatch):
     ckpt.save(path, _params())
     (path / "state" / "manifest.ocdbt").write_bytes(b"\x00" * 10)
     monkeypatch.setattr(ckpt, "_verify_files", lambda *a: None)
-    with pytest.raises(CheckpointError, match=r"orbax could not read the arrays in state/ \(ValueError: DATA_LOSS"
-                       ) as info:
+    with pytest.raises(
+        CheckpointError, match=r"orbax could not read the arrays in state/ \(ValueError: DATA_LOSS"
+    ) as info:
         ckpt.load(path, _params())
     assert str(info.value).startswith(f"{path}: ") and info.value.__cause__ is not None
-    time.sleep(0.2)                                      # let stray tensorstore callbacks fire inside this test
+    time.sleep(0.2)  # let stray tensorstore callbacks fire inside this test
     gc.collect()
 
 
-@pytest.mark.parametrize("write, message", [
-    (None, r"has no manifest.json, so it is not a complete jdlfs checkpoint \(it holds: state\)"),
-    ('{"format": "jdlfs-checkpoint", "arrays": [', "manifest.json is unreadable or not valid JSON"),
-    (b"\xff\xfe\x00garbage", "manifest.json is unreadable or not valid JSON"),
-    ('{"format": "other"}', "manifest.json is not a jdlfs checkpoint manifest: 'format' is not"),
-    ('[1, 2]', "manifest.json is not a jdlfs checkpoint manifest"),
-    ('{"format": "jdlfs-checkpoint", "version": 99, "arrays": [], "files": {}, "metadata": {}}', "version 99"),
-    (('{"format": "jdlfs-checkpoint", "version": 1, "arrays": [{"path": "w", "shape": [-1], "dtype": "f"}],'
-      ' "files": {}, "metadata": {}}'), r"arrays\[0\] is not"),
-    (('{"format": "jdlfs-checkpoint", "version": 1, "arrays": [], "files": {"../../etc/passwd": '
-      '{"size": 1, "sha256": ""}}, "metadata": {}}'), "is not a path under state/"),
-], ids=["missing", "truncated", "binary", "wrong-format", "not-a-dict", "version", "bad-entry", "escaping-path"])
+@pytest.mark.parametrize(
+    "write, message",
+    [
+        (None, r"has no manifest.json, so it is not a complete jdlfs checkpoint \(it holds: state\)"),
+        ('{"format": "jdlfs-checkpoint", "arrays": [', "manifest.json is unreadable or not valid JSON"),
+        (b"\xff\xfe\x00garbage", "manifest.json is unreadable or not valid JSON"),
+        ('{"format": "other"}', "manifest.json is not a jdlfs checkpoint manifest: 'format' is not"),
+        ("[1, 2]", "manifest.json is not a jdlfs checkpoint manifest"),
+        ('{"format": "jdlfs-checkpoint", "version": 99, "arrays": [], "files": {}, "metadata": {}}', "version 99"),
+        (
+            (
+                '{"format": "jdlfs-checkpoint", "version": 1, "arrays": [{"path": "w", "shape": [-1], "dtype": "f"}],'
+                ' "files": {}, "metadata": {}}'
+            ),
+            r"arrays\[0\] is not",
+        ),
+        (
+            (
+                '{"format": "jdlfs-checkpoint", "version": 1, "arrays": [], "files": {"../../etc/passwd": '
+                '{"size": 1, "sha256": ""}}, "metadata": {}}'
+            ),
+            "is not a path under state/",
+        ),
+    ],
+    ids=["missing", "truncated", "binary", "wrong-format", "not-a-dict", "version", "bad-entry", "escaping-path"],
+)
 def test_a_bad_manifest_is_named(tmp_path, write, message):
     path = tmp_path / "c"
     ckpt.save(path, _params())
@@ -410,7 +463,17 @@ def test_exists(tmp_path):
     assert not ckpt.exists(tmp_path / "nope")
     (tmp_path / "file").write_text("x")
     assert not ckpt.exists(tmp_path / "file")
-    assert not ckpt.exists(tmp_path)                                     # a directory, but no manifest
+    assert not ckpt.exists(tmp_path)  # a directory, but no manifest
     ckpt.save(tmp_path / "c", _params())
     assert ckpt.exists(tmp_path / "c") and ckpt.exists(str(tmp_path / "c"))
     assert os.path.isdir(tmp_path / "c" / "state")
+
+
+def test_relative_paths_round_trip(tmp_path, monkeypatch):
+    """A checkpoint named by a relative path (as scripts do: runs/x/checkpoint) saves and loads."""
+    monkeypatch.chdir(tmp_path)
+    tree = {"w": jnp.arange(6.0).reshape(2, 3), "step": jnp.int32(7)}
+    ckpt.save("runs/x/ckpt", tree, metadata={"epoch": 2})
+    back, meta = ckpt.load("runs/x/ckpt", tree)
+    np.testing.assert_array_equal(back["w"], tree["w"])
+    assert int(back["step"]) == 7 and meta["epoch"] == 2

@@ -50,8 +50,8 @@ def test_flip_mirrors_exactly_the_width_axis():
     y = np.asarray(data.random_flip(jax.random.key(1), x))
     flipped = [np.array_equal(y[i], np.asarray(x)[i, :, ::-1]) for i in range(len(x))]
     kept = [np.array_equal(y[i], np.asarray(x)[i]) for i in range(len(x))]
-    assert all(f or k for f, k in zip(flipped, kept))           # per image: mirrored left-right or untouched
-    assert any(flipped) and any(kept)                           # decided per image, not per batch
+    assert all(f or k for f, k in zip(flipped, kept))  # per image: mirrored left-right or untouched
+    assert any(flipped) and any(kept)  # decided per image, not per batch
 
 
 def test_crop_is_a_window_of_the_zero_padded_image():
@@ -62,14 +62,18 @@ def test_crop_is_a_window_of_the_zero_padded_image():
     h, w = x.shape[1:3]
     offsets = set()
     for i in range(len(x)):
-        hits = [(dy, dx) for dy in range(2 * p + 1) for dx in range(2 * p + 1)
-                if np.array_equal(y[i], padded[i, dy:dy + h, dx:dx + w])]
+        hits = [
+            (dy, dx)
+            for dy in range(2 * p + 1)
+            for dx in range(2 * p + 1)
+            if np.array_equal(y[i], padded[i, dy : dy + h, dx : dx + w])
+        ]
         assert hits, f"image {i} is not a window of its padded image"
         offsets.add(hits[0])
         zero_rows = np.all(y[i] == 0, axis=(1, 2))
         zero_cols = np.all(y[i] == 0, axis=(0, 2))
-        assert zero_rows.sum() <= p and zero_cols.sum() <= p    # at most `padding` zero rows / columns
-    assert len(offsets) > 10                                    # offsets drawn per image
+        assert zero_rows.sum() <= p and zero_cols.sum() <= p  # at most `padding` zero rows / columns
+    assert len(offsets) > 10  # offsets drawn per image
 
 
 def test_crop_and_flip_composes_a_crop_and_a_mirror():
@@ -79,7 +83,7 @@ def test_crop_and_flip_composes_a_crop_and_a_mirror():
     y = np.asarray(data.crop_and_flip(jax.random.key(5), x))
     h, w = x.shape[1:3]
     for i in range(len(x)):
-        windows = [padded[i, dy:dy + h, dx:dx + w] for dy in range(2 * p + 1) for dx in range(2 * p + 1)]
+        windows = [padded[i, dy : dy + h, dx : dx + w] for dy in range(2 * p + 1) for dx in range(2 * p + 1)]
         assert any(np.array_equal(y[i], win) or np.array_equal(y[i], win[:, ::-1]) for win in windows)
 
 
@@ -108,8 +112,20 @@ def _script():
 
 
 FIGURES = ("curves.png", "lr_sweep.png", "grad_norms.png", "per_class.png", "confusion.png", "filters.png")
-KEYS = ("test_accuracy_bn", "test_accuracy_plain", "bn_minus_plain_points", "lr_sweep", "grad_norms",
-        "per_class_accuracy", "largest_confusion", "confusion_matrix", "history", "timing", "recipe", "data")
+KEYS = (
+    "test_accuracy_bn",
+    "test_accuracy_plain",
+    "bn_minus_plain_points",
+    "lr_sweep",
+    "grad_norms",
+    "per_class_accuracy",
+    "largest_confusion",
+    "confusion_matrix",
+    "history",
+    "timing",
+    "recipe",
+    "data",
+)
 
 
 @pytest.fixture(scope="module")
@@ -141,13 +157,13 @@ def test_quick_run_writes_every_figure_and_result(quick_runs):
         assert np.asarray(first["confusion_matrix"][m]).sum() == first["test_examples"]
     assert first["largest_confusion"]["bn"]["true"] in data.CIFAR10_CLASSES
     assert "JPEG" in first["data"]
-    assert all(v == 1 for v in first["epochs_trained_this_run"].values())      # quick: 1 epoch each
+    assert all(v == 1 for v in first["epochs_trained_this_run"].values())  # quick: 1 epoch each
 
 
 def test_quick_run_resumes_without_retraining(quick_runs):
     out, first, second = quick_runs
     assert second["resumed"] is True
-    assert second["epochs_trained_this_run"] == {k: 0 for k in ("main-bn", "main-plain")}   # sweep: not even fit
+    assert second["epochs_trained_this_run"] == {k: 0 for k in ("main-bn", "main-plain")}  # sweep: not even fit
     assert second["history"] == first["history"]
     assert second["lr_sweep"] == first["lr_sweep"]
     assert second["test_accuracy_bn"] == first["test_accuracy_bn"]

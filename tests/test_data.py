@@ -31,8 +31,7 @@ import pytest
 from PIL import Image
 
 import jdlfs.data as data
-from jdlfs.data import cache, idx, imagefolder, sources
-from jdlfs.data import DataFormatError
+from jdlfs.data import DataFormatError, cache, idx, imagefolder, sources
 
 # Captured before the autouse fixture below clears them for the other tests.
 REAL_DATA_DIR = os.environ.get("JDLFS_DATA_DIR") or None
@@ -105,8 +104,10 @@ def cifar_pickle_bytes(images: np.ndarray, labels: np.ndarray) -> bytes:
 def cifar_batches(seed: int = 0, per_batch: int = 2):
     """{file stem: (images, labels)} for the 5 train batches and the test batch."""
     rng = np.random.default_rng(seed)
-    return {stem: random_cifar(rng, per_batch + (1 if stem == "test_batch" else 0))
-            for stem in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]}
+    return {
+        stem: random_cifar(rng, per_batch + (1 if stem == "test_batch" else 0))
+        for stem in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    }
 
 
 def expected_split(batches, split):
@@ -277,10 +278,15 @@ def test_zip_without_layout_is_skipped(tmp_path):
 def test_image_folder_class_order_and_natural_sort(tmp_path):
     rng = np.random.default_rng(9)
     imgs = {name: rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for name in ("b2", "b10", "a1", "c1")}
-    write_image_folder(tmp_path, {
-        "train/beta/img2.png": imgs["b2"], "train/beta/img10.png": imgs["b10"],
-        "train/alpha/x.png": imgs["a1"], "test/gamma/y.png": imgs["c1"],
-    })
+    write_image_folder(
+        tmp_path,
+        {
+            "train/beta/img2.png": imgs["b2"],
+            "train/beta/img10.png": imgs["b10"],
+            "train/alpha/x.png": imgs["a1"],
+            "test/gamma/y.png": imgs["c1"],
+        },
+    )
     # Class names are the union over both splits; not the preferred set -> sorted.
     x, y, classes = imagefolder.read_image_folder(tmp_path, "train", class_order=("gamma", "beta"))
     assert classes == ("alpha", "beta", "gamma")
@@ -544,10 +550,17 @@ def test_nothing_found_lists_paths_and_tfds_error(tmp_path, monkeypatch):
         data.load("mnist", "train", data_dir=tmp_path)
     assert isinstance(e.value, FileNotFoundError)
     msg = str(e.value)
-    for part in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", str(tmp_path / "mnist"),
-                 "found train-images-idx3-ubyte.gz but not train-labels-idx1-ubyte.gz",
-                 "JDLFS_DATA_DIR", "data_dir=<dir>", "https://storage.googleapis.com/cvdf-datasets/mnist/",
-                 "tensorflow-datasets is not usable here", "tensorflow_datasets"):
+    for part in (
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        str(tmp_path / "mnist"),
+        "found train-images-idx3-ubyte.gz but not train-labels-idx1-ubyte.gz",
+        "JDLFS_DATA_DIR",
+        "data_dir=<dir>",
+        "https://storage.googleapis.com/cvdf-datasets/mnist/",
+        "tensorflow-datasets is not usable here",
+        "tensorflow_datasets",
+    ):
         assert part in msg, part
     # One error, not a chain: the tfds failure is summed up in the message.
     assert e.value.__cause__ is None and e.value.__suppress_context__
@@ -626,15 +639,17 @@ def test_tfds_not_prepared_is_one_quiet_error(real_tfds, tmp_path, capfd):
     assert "never downloads" in msg and "JDLFS_DATA_DIR" in msg
     out, err = capfd.readouterr()
     assert out == "" and err == ""  # no download announcement, no absl warnings
-    assert not real_tfds.exists()   # nothing written either
+    assert not real_tfds.exists()  # nothing written either
 
 
 def test_tfds_labels_out_of_range_are_a_format_error(real_tfds, tmp_path):
     import tensorflow_datasets as tfds
 
     bad = [{"image": np.zeros((28, 28, 1), np.uint8), "label": np.int64(label)} for label in (3, 12)]
-    with (tfds.testing.mock_data(as_data_source_fn=lambda builder, split, **kwargs: bad),
-          pytest.raises(DataFormatError, match=r"tensorflow-datasets mnist/test.*expected 0\.\.9")):
+    with (
+        tfds.testing.mock_data(as_data_source_fn=lambda builder, split, **kwargs: bad),
+        pytest.raises(DataFormatError, match=r"tensorflow-datasets mnist/test.*expected 0\.\.9"),
+    ):
         data.load("mnist", "test", data_dir=tmp_path / "empty")
 
 
@@ -740,6 +755,7 @@ def test_epoch_arrays_shapes_and_determinism():
     assert not np.array_equal(np.asarray(by3), np.asarray(by))
     _, unshuffled = data.epoch_arrays(None, (xd, yd), 4)
     np.testing.assert_array_equal(np.asarray(unshuffled).ravel(), np.arange(20))
+
     # Usable inside a jitted training epoch with a traced key.
     def epoch_sum(key, images, labels):
         xb, yb = data.epoch_arrays(key, (images, labels), 4)
@@ -762,7 +778,7 @@ def test_batches_and_epoch_arrays_take_any_batch_pytree():
     stacked = data.epoch_arrays(jax.random.key(3), tree, 5)
     assert stacked["image"].shape == (4, 5, 2, 2, 1) and stacked["pair"][0].shape == (4, 5)
     np.testing.assert_array_equal(np.asarray(stacked["pair"][1]), 2 * np.asarray(stacked["label"]))
-    single = data.epoch_arrays(None, jnp.asarray(y), 5)              # a single array is a pytree too
+    single = data.epoch_arrays(None, jnp.asarray(y), 5)  # a single array is a pytree too
     np.testing.assert_array_equal(np.asarray(single), y[:20].reshape(4, 5))
     with pytest.raises(ValueError, match="leading dimension"):
         next(data.batches(None, (x, y[:-1]), 5))

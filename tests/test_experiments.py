@@ -65,8 +65,8 @@ def test_help(name, capsys):
     text = capsys.readouterr().out
     for flag in ("--seed", "--data-dir", "--out", "--quick", "--no-progress", "--devices"):
         assert flag in text
-    options = text[text.index("options:"):]
-    blocks = re.split(r"\n  (?=-)", options)[1:]                # one block per option
+    options = text[text.index("options:") :]
+    blocks = re.split(r"\n  (?=-)", options)[1:]  # one block per option
     assert len(blocks) >= 7
     for block in blocks:
         flat = " ".join(block.split())
@@ -80,9 +80,9 @@ def test_xor(tmp_path):
     r = run_quick("xor", tmp_path)
     for key in ("perceptron_accuracy", "perceptron_best_accuracy", "mlp_accuracy", "mlp_final_loss", "restarts"):
         assert key in r
-    assert 0.5 <= r["perceptron_accuracy"] <= 0.75          # a line cannot get XOR right
+    assert 0.5 <= r["perceptron_accuracy"] <= 0.75  # a line cannot get XOR right
     assert 0.5 <= r["perceptron_best_accuracy"] <= 0.75
-    assert r["perceptron_grad_norm"] == 0.0                   # the step passes no gradient
+    assert r["perceptron_grad_norm"] == 0.0  # the step passes no gradient
     assert r["mlp_accuracy"] == 1.0
     assert r["mlp_final_loss"] < 0.05
     assert r["restarts"] == len(r["mlp_attempts"]) - 1
@@ -100,17 +100,17 @@ def test_init_schemes(tmp_path, data_dir):
     r = run_quick("init_schemes", tmp_path, data_dir)
     acc = {s: r[f"accuracy_{s}"] for s in ("zeros", "normal", "xavier", "he")}
     assert acc["he"] > acc["zeros"] + 0.4 and acc["xavier"] > acc["zeros"] + 0.4
-    assert acc["zeros"] < 0.2                                 # predicts one class
-    assert r["zeros_hidden_weights_max_abs"] == 0.0           # symmetry never breaks
+    assert acc["zeros"] < 0.2  # predicts one class
+    assert r["zeros_hidden_weights_max_abs"] == 0.0  # symmetry never breaks
     for s in ("normal", "xavier", "he"):
         assert r[f"weight_std_{s}"] == pytest.approx(r[f"weight_std_theory_{s}"], rel=0.05)
     fwd = {s: r[f"forward_std_{s}"] for s in acc}
     bwd = {s: r[f"backward_std_{s}"] for s in acc}
     assert len(fwd["he"]) == len(bwd["he"]) == r["deep_sizes"].count(256)
     assert max(fwd["zeros"]) == 0.0 and max(bwd["zeros"]) == 0.0
-    assert 0.5 < fwd["he"][-1] / fwd["he"][0] < 2               # He keeps the signal
-    assert fwd["xavier"][-1] / fwd["xavier"][0] < 0.2            # Xavier halves the variance per ReLU layer
-    assert fwd["normal"][-1] / fwd["normal"][0] < 1e-6           # N(0, 0.01^2) vanishes
+    assert 0.5 < fwd["he"][-1] / fwd["he"][0] < 2  # He keeps the signal
+    assert fwd["xavier"][-1] / fwd["xavier"][0] < 0.2  # Xavier halves the variance per ReLU layer
+    assert fwd["normal"][-1] / fwd["normal"][0] < 1e-6  # N(0, 0.01^2) vanishes
     assert_figures(tmp_path, "weights.png", "depth.png", "training.png")
 
 
@@ -120,7 +120,7 @@ def test_overfit(tmp_path, data_dir):
     for n in (1, 4, 16, 64):
         assert r[f"final_loss_{n}"] < 1e-2
         assert 0.0 <= r[f"dead_relu_fraction_{n}"] <= 1.0
-    assert r["test_accuracy_64"] > r["test_accuracy_1"]        # more data, less pure memorisation
+    assert r["test_accuracy_64"] > r["test_accuracy_1"]  # more data, less pure memorisation
     assert_figures(tmp_path, "loss.png")
 
 
@@ -128,7 +128,7 @@ def test_lenet_mnist(tmp_path, data_dir):
     r = run_quick("lenet_mnist", tmp_path, data_dir)
     assert r["param_count"] == 18_898
     assert r["epochs"] == 1 and r["seconds_per_epoch"] > 0
-    assert r["test_accuracy"] > 0.5                           # 1 epoch on 2k images: ~70%
+    assert r["test_accuracy"] > 0.5  # 1 epoch on 2k images: ~70%
     assert len(r["history"]) == 1
     assert_figures(tmp_path, "curves.png", "filters.png", "confusion.png")
 
@@ -139,17 +139,30 @@ def test_mnist_mlp(tmp_path, data_dir):
     r = run_quick("mnist_mlp", tmp_path, data_dir)
     assert r["sizes"] == [784, 128, 10] and r["param_count"] == 101_770
     assert r["gradient_relative_difference_at_init"] < 1e-5
-    assert r["test_accuracy"] > 0.8                           # 2 epochs on 4k images: ~89%
+    assert r["test_accuracy"] > 0.8  # 2 epochs on 4k images: ~89%
     assert r["accuracy_difference"] <= 0.01
-    assert r["max_param_relative_difference"] < 1e-3          # 2 short epochs: rounding has not grown yet
+    assert r["max_param_relative_difference"] < 1e-3  # 2 short epochs: rounding has not grown yet
     assert len(r["history"]) == r["epochs"] == 2
     assert_figures(tmp_path, "curves.png", "confusion.png")
 
 
 def test_missing_data_is_one_message_and_exit_status_2(tmp_path):
-    proc = subprocess.run([sys.executable, str(EXPERIMENTS / "lenet_mnist.py"), "--quick", "--no-progress",
-                           "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(EXPERIMENTS / "lenet_mnist.py"),
+            "--quick",
+            "--no-progress",
+            "--data-dir",
+            str(tmp_path / "nowhere"),
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "--data-dir" in proc.stderr and "JDLFS_DATA_DIR" in proc.stderr
@@ -165,6 +178,6 @@ def test_a_stopped_run_resumes_where_it_stopped(tmp_path, data_dir):
     resumed = run_quick("mnist_mlp", tmp_path / "a", data_dir, "--epochs", "2", *common)
     straight = run_quick("mnist_mlp", tmp_path / "b", data_dir, "--epochs", "2", *common)
     assert resumed["resumed"] is True
-    assert resumed["history"][0] == first["history"][0]            # epoch 1 was not trained again
+    assert resumed["history"][0] == first["history"][0]  # epoch 1 was not trained again
     assert resumed["test_accuracy"] == straight["test_accuracy"]
     assert resumed["history"][1]["train_loss"] == straight["history"][1]["train_loss"]

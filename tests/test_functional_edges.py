@@ -36,7 +36,7 @@ def test_max_pool_ties_go_to_first_element_of_each_window():
 def test_overlapping_max_pool_windows_accumulate():
     # One big value in the middle is the max of every 3x3 window that covers it.
     x = jnp.zeros((1, 5, 5, 1)).at[0, 2, 2, 0].set(10.0)
-    g = jax.grad(lambda x: jnp.sum(F.max_pool2d(x, 3, 1)))(x)   # 3x3 output, all windows hold (2,2)
+    g = jax.grad(lambda x: jnp.sum(F.max_pool2d(x, 3, 1)))(x)  # 3x3 output, all windows hold (2,2)
     assert float(g[0, 2, 2, 0]) == 9.0
     assert float(jnp.sum(g)) == 9.0
 
@@ -47,7 +47,7 @@ def test_avg_pool_same_padding_excludes_padding_from_the_mean():
 
 
 def test_max_pool_with_padding_never_selects_padding():
-    x = -jnp.abs(normal(1, 5, 5, 1)) - 1.0                     # all negative, padding is -inf
+    x = -jnp.abs(normal(1, 5, 5, 1)) - 1.0  # all negative, padding is -inf
     y = F.max_pool2d(x, 3, 2, "SAME")
     assert bool(jnp.all(jnp.isfinite(y))) and bool(jnp.all(y < 0))
 
@@ -94,7 +94,7 @@ def test_repeated_embedding_ids_accumulate():
 
 def test_out_of_range_ids_read_and_receive_gradient_at_the_same_row():
     table = normal(4, 3)
-    ids = jnp.array([-1, 5])                     # clipped to rows 0 and 3
+    ids = jnp.array([-1, 5])  # clipped to rows 0 and 3
     np.testing.assert_array_equal(F.embedding(table, ids), table[jnp.array([0, 3])])
     g = jax.grad(lambda t: jnp.sum(F.embedding(t, ids) * jnp.array([[1.0], [10.0]])))(table)
     np.testing.assert_array_equal(g[:, 0], [1, 0, 0, 10])
@@ -106,9 +106,9 @@ def test_out_of_range_ids_read_and_receive_gradient_at_the_same_row():
 def test_out_of_range_label_adds_no_loss_or_gradient_but_counts():
     z = normal(3, 4)
     full = F.softmax_cross_entropy(z, jnp.array([1, 2, 3]))
-    bad = F.softmax_cross_entropy(z, jnp.array([1, 2, 9]))            # label 9 of 4 classes
+    bad = F.softmax_cross_entropy(z, jnp.array([1, 2, 9]))  # label 9 of 4 classes
     two = F.softmax_cross_entropy(z[:2], jnp.array([1, 2]))
-    np.testing.assert_allclose(bad, two * 2 / 3, rtol=1e-12)            # zero term, still in the mean
+    np.testing.assert_allclose(bad, two * 2 / 3, rtol=1e-12)  # zero term, still in the mean
     assert float(bad) < float(full)
     g = jax.grad(F.softmax_cross_entropy)(z, jnp.array([1, 2, -1]))
     np.testing.assert_array_equal(g[2], 0.0)
@@ -165,11 +165,11 @@ def test_binary_cross_entropy_extreme_logits():
 
 # ------------------------------------------------------------------ normalization
 def test_batch_norm_near_zero_variance():
-    x = 1000.0 + 1e-4 * normal(64, 3)                                 # var ~ 1e-8 << mean^2
+    x = 1000.0 + 1e-4 * normal(64, 3)  # var ~ 1e-8 << mean^2
     gamma, beta = jnp.ones(3), jnp.zeros(3)
     y, mean, var = F.batch_norm(x, gamma, beta)
     xr = np.asarray(x)
-    np.testing.assert_allclose(var, xr.var(0), rtol=1e-6)              # two-pass variance
+    np.testing.assert_allclose(var, xr.var(0), rtol=1e-6)  # two-pass variance
     ref = (xr - xr.mean(0)) / np.sqrt(xr.var(0) + 1e-5)
     np.testing.assert_allclose(y, ref, rtol=1e-6, atol=1e-9)
     # The rule agrees with autodiff to ~1e-13 here. Finite differences cannot do
@@ -186,10 +186,10 @@ def test_batch_norm_batch_size_one():
     x = normal(1, 4)
     gamma, beta = normal(4), normal(4)
     y, mean, var = F.batch_norm(x, gamma, beta)
-    np.testing.assert_allclose(y[0], beta)            # x - mean == 0
+    np.testing.assert_allclose(y[0], beta)  # x - mean == 0
     np.testing.assert_array_equal(var, 0.0)
     g = jax.grad(lambda x: jnp.sum(F.batch_norm(x, gamma, beta)[0] * normal(1, 4)))(x)
-    np.testing.assert_allclose(g, 0.0, atol=1e-12)     # y does not depend on x at N = 1
+    np.testing.assert_allclose(g, 0.0, atol=1e-12)  # y does not depend on x at N = 1
 
 
 def test_batch_norm_float16_computes_statistics_in_float32():
@@ -242,14 +242,15 @@ def test_rnn_grad_of_vmap_matches_unbatched():
     wx, wh, b = normal(3, 6) * 0.5, normal(6, 6) * 0.3, normal(6) * 0.1
 
     def total(params):
-        def per_seq(x1, h1):                        # one sequence; a batch of 1 inside
+        def per_seq(x1, h1):  # one sequence; a batch of 1 inside
             hs, hT = F.rnn(x1[None], h1[None], *params)
-            return jnp.sum(hs ** 2) + jnp.sum(hT)
+            return jnp.sum(hs**2) + jnp.sum(hT)
+
         return jnp.sum(jax.vmap(per_seq)(x, h0))
 
     def total_direct(params):
         hs, hT = F.rnn(x, h0, *params)
-        return jnp.sum(hs ** 2) + jnp.sum(hT)
+        return jnp.sum(hs**2) + jnp.sum(hT)
 
     g_vmap = jax.grad(total)((wx, wh, b))
     g_direct = jax.grad(total_direct)((wx, wh, b))
@@ -259,8 +260,9 @@ def test_rnn_grad_of_vmap_matches_unbatched():
 
 def test_rnn_single_step_and_long_sequence():
     check_vjp(F.rnn, normal(2, 1, 3), normal(2, 4), normal(3, 4), normal(4, 4) * 0.3, normal(4)).raise_if_failed()
-    check_vjp(F.rnn, normal(2, 40, 3), normal(2, 4), normal(3, 4) * 0.5, normal(4, 4) * 0.3,
-              normal(4) * 0.1).raise_if_failed()
+    check_vjp(
+        F.rnn, normal(2, 40, 3), normal(2, 4), normal(3, 4) * 0.5, normal(4, 4) * 0.3, normal(4) * 0.1
+    ).raise_if_failed()
 
 
 # ------------------------------------------------------------------ bad input
@@ -268,23 +270,38 @@ BAD_INPUTS = [
     (lambda: F.linear(jnp.ones((2, 3)), jnp.ones((4, 5))), ValueError, "x has 3 input features"),
     (lambda: F.linear(jnp.ones((2, 3)), jnp.ones((3, 5)), jnp.ones(4)), ValueError, "b must have shape"),
     (lambda: F.linear(jnp.ones((2, 3), jnp.int32), jnp.ones((3, 5))), TypeError, "x must have a floating"),
-    (lambda: F.linear(jnp.ones((2, 3), jnp.float32), jnp.ones((3, 5), jnp.float64)),
-     TypeError, "share one floating dtype"),
+    (
+        lambda: F.linear(jnp.ones((2, 3), jnp.float32), jnp.ones((3, 5), jnp.float64)),
+        TypeError,
+        "share one floating dtype",
+    ),
     (lambda: F.conv2d(jnp.ones((2, 8, 8)), jnp.ones((3, 3, 1, 4))), ValueError, r"x must have rank 4 \(N, H, W, C\)"),
     (lambda: F.conv2d(jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 2, 4))), ValueError, "expects Cin=2"),
     (lambda: F.conv2d(jnp.ones((1, 8, 8, 3)), jnp.ones((3, 3, 3, 4)), padding="FULL"), ValueError, "padding must be"),
     (lambda: F.conv2d(jnp.ones((1, 2, 2, 3)), jnp.ones((3, 3, 3, 4)), padding="VALID"), ValueError, "does not fit"),
     (lambda: F.conv2d(jnp.ones((1, 8, 8, 3)), jnp.ones((3, 3, 3, 4)), stride=0), ValueError, "stride must be >= 1"),
-    (lambda: F.conv2d(jnp.ones((1, 8, 8, 3)), jnp.ones((3, 3, 3, 4)), stride=1.5),
-     TypeError, "stride must be a Python int"),
+    (
+        lambda: F.conv2d(jnp.ones((1, 8, 8, 3)), jnp.ones((3, 3, 3, 4)), stride=1.5),
+        TypeError,
+        "stride must be a Python int",
+    ),
     (lambda: F.max_pool2d(jnp.ones((1, 8, 8, 3)), 2, 2, 2), ValueError, "smaller than the window"),
     (lambda: F.softmax(jnp.ones((2, 3)), axis=2), ValueError, "axis 2 is out of range"),
-    (lambda: F.softmax_cross_entropy(jnp.ones((4, 3)), jnp.ones((4,), jnp.float32)),
-     TypeError, "labels must have an integer"),
-    (lambda: F.softmax_cross_entropy(jnp.ones((4, 3)), jnp.ones((5,), jnp.int32)),
-     ValueError, "labels must have shape"),
-    (lambda: F.softmax_cross_entropy(jnp.ones((4, 3)), jnp.ones((4,), jnp.int32), label_smoothing=1.0),
-     ValueError, "label_smoothing"),
+    (
+        lambda: F.softmax_cross_entropy(jnp.ones((4, 3)), jnp.ones((4,), jnp.float32)),
+        TypeError,
+        "labels must have an integer",
+    ),
+    (
+        lambda: F.softmax_cross_entropy(jnp.ones((4, 3)), jnp.ones((5,), jnp.int32)),
+        ValueError,
+        "labels must have shape",
+    ),
+    (
+        lambda: F.softmax_cross_entropy(jnp.ones((4, 3)), jnp.ones((4,), jnp.int32), label_smoothing=1.0),
+        ValueError,
+        "label_smoothing",
+    ),
     (lambda: F.mse(jnp.ones(3), jnp.ones(4)), ValueError, "target must have the shape"),
     (lambda: F.dropout(None, jnp.ones(3), 0.5), ValueError, "needs a PRNG key"),
     (lambda: F.dropout(jax.random.key(0), jnp.ones(3), 1.0), ValueError, r"rate must be in \[0, 1\)"),
@@ -292,18 +309,36 @@ BAD_INPUTS = [
     (lambda: F.batch_norm(jnp.ones(3), jnp.ones(3), jnp.ones(3)), ValueError, "x must have rank >= 2"),
     (lambda: F.layer_norm(jnp.ones((2, 4)), jnp.ones(4), jnp.ones(3)), ValueError, "beta must have shape"),
     (lambda: F.embedding(jnp.ones((5, 2)), jnp.ones(3)), TypeError, "ids must have an integer"),
-    (lambda: F.attention(jnp.ones((2, 3, 4)), jnp.ones((2, 5, 3)), jnp.ones((2, 5, 4))),
-     ValueError, "feature size d=4"),
-    (lambda: F.attention(jnp.ones((2, 3, 4)), jnp.ones((2, 5, 4)), jnp.ones((2, 6, 4))),
-     ValueError, "v must have Tk=5"),
-    (lambda: F.attention(jnp.ones((2, 3, 4)), jnp.ones((2, 5, 4)), jnp.ones((2, 5, 4)), mask=jnp.ones((3, 4), bool)),
-     ValueError, "does not broadcast"),
-    (lambda: F.attention(jnp.ones((2, 3, 4)), jnp.ones((2, 5, 4)), jnp.ones((2, 5, 4)), mask=jnp.ones((3, 5))),
-     TypeError, "mask must be a bool"),
-    (lambda: F.rnn(jnp.ones((2, 5, 3)), jnp.ones((2, 4)), jnp.ones((3, 4)), jnp.ones((4, 3)), jnp.ones(4)),
-     ValueError, "w_h must have shape"),
-    (lambda: F.rnn(jnp.ones((2, 5, 3)), jnp.ones((3, 4)), jnp.ones((3, 4)), jnp.ones((4, 4)), jnp.ones(4)),
-     ValueError, "h0 must have shape"),
+    (
+        lambda: F.attention(jnp.ones((2, 3, 4)), jnp.ones((2, 5, 3)), jnp.ones((2, 5, 4))),
+        ValueError,
+        "feature size d=4",
+    ),
+    (
+        lambda: F.attention(jnp.ones((2, 3, 4)), jnp.ones((2, 5, 4)), jnp.ones((2, 6, 4))),
+        ValueError,
+        "v must have Tk=5",
+    ),
+    (
+        lambda: F.attention(jnp.ones((2, 3, 4)), jnp.ones((2, 5, 4)), jnp.ones((2, 5, 4)), mask=jnp.ones((3, 4), bool)),
+        ValueError,
+        "does not broadcast",
+    ),
+    (
+        lambda: F.attention(jnp.ones((2, 3, 4)), jnp.ones((2, 5, 4)), jnp.ones((2, 5, 4)), mask=jnp.ones((3, 5))),
+        TypeError,
+        "mask must be a bool",
+    ),
+    (
+        lambda: F.rnn(jnp.ones((2, 5, 3)), jnp.ones((2, 4)), jnp.ones((3, 4)), jnp.ones((4, 3)), jnp.ones(4)),
+        ValueError,
+        "w_h must have shape",
+    ),
+    (
+        lambda: F.rnn(jnp.ones((2, 5, 3)), jnp.ones((3, 4)), jnp.ones((3, 4)), jnp.ones((4, 4)), jnp.ones(4)),
+        ValueError,
+        "h0 must have shape",
+    ),
     (lambda: F.patchify(jnp.ones((1, 8, 10, 3)), 4), ValueError, "not divisible by patch=4"),
     (lambda: F.unpatchify(jnp.ones((1, 6, 48)), 4, (8, 8, 3)), ValueError, "patches must have shape"),
     (lambda: F.take_tokens(jnp.ones((2, 5, 3)), jnp.ones((3, 2), jnp.int32)), ValueError, "batch size 2"),
@@ -312,10 +347,16 @@ BAD_INPUTS = [
     (lambda: F.split_heads(jnp.ones((2, 3, 5)), 2), ValueError, "not divisible by num_heads=2"),
     (lambda: F.merge_heads(jnp.ones((2, 3, 5))), ValueError, "merge_heads expects x of rank 4"),
     (lambda: F.causal_mask(3.5), TypeError, "t must be a Python int"),
-    (lambda: jax.jit(lambda x, r: F.dropout(jax.random.key(0), x, r))(jnp.ones(3), 0.5), TypeError,
-     "rate is static configuration"),
-    (lambda: jax.jit(lambda x, e: F.layer_norm(x, jnp.ones(3), jnp.zeros(3), eps=e))(jnp.ones((2, 3)), 1e-5),
-     TypeError, "eps is static configuration"),
+    (
+        lambda: jax.jit(lambda x, r: F.dropout(jax.random.key(0), x, r))(jnp.ones(3), 0.5),
+        TypeError,
+        "rate is static configuration",
+    ),
+    (
+        lambda: jax.jit(lambda x, e: F.layer_norm(x, jnp.ones(3), jnp.zeros(3), eps=e))(jnp.ones((2, 3)), 1e-5),
+        TypeError,
+        "eps is static configuration",
+    ),
 ]
 
 

@@ -444,9 +444,7 @@ def test_strip_custom_vjp_cond_remat_custom_jvp_and_nested_custom_vjp():
     assert custom_vjp_count(fn, x) == 5
     assert custom_vjp_count(strip_custom_vjp(fn), x) == 0
     expected = 5.0 * jnp.cos(x) + 1.0
-    np.testing.assert_allclose(
-        jax.grad(lambda v: jnp.sum(strip_custom_vjp(fn)(v)))(x), expected, rtol=1e-6
-    )
+    np.testing.assert_allclose(jax.grad(lambda v: jnp.sum(strip_custom_vjp(fn)(v)))(x), expected, rtol=1e-6)
     # the stripped function composes with jit and vmap
     np.testing.assert_allclose(jax.jit(strip_custom_vjp(fn))(x), fn(x), rtol=1e-6)
     np.testing.assert_allclose(jax.vmap(strip_custom_vjp(fn))(x[None])[0], fn(x), rtol=1e-6)
@@ -575,8 +573,8 @@ def test_ill_conditioned_float32_gradient_is_judged_by_accuracy_not_relative_err
     arr = lambda shape, scale=1.0: jnp.asarray(scale * rng.standard_normal(shape), jnp.float32)  # noqa: E731
     args = (arr((2, 2, 1)), arr((2, 1)), arr((1, 1), 0.5), arr((1, 1), 0.4), arr((1,), 0.1))
     report = check_vjp(F.rnn, *args, reference=_ref_rnn)
-    assert report.args[2].autodiff_rel > 1e-5                 # the plain relative test would fail
-    assert report.args[2].accepted_by_accuracy                 # ... accepted on accuracy instead
+    assert report.args[2].autodiff_rel > 1e-5  # the plain relative test would fail
+    assert report.args[2].accepted_by_accuracy  # ... accepted on accuracy instead
     assert report.passed and "accepted: as accurate vs float64" in str(report)
 
     @jax.custom_vjp

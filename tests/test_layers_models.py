@@ -6,22 +6,34 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jdlfs import init, layers as L, models
 from jdlfs import functional as F
+from jdlfs import init, models
+from jdlfs import layers as L
 from jdlfs.gradcheck import custom_vjp_count, strip_custom_vjp
 
 KEY = jax.random.key(0)
 
 
-@pytest.mark.parametrize("model, shape, out, count", [
-    (models.mlp((784, 128, 10)), (1, 784), (1, 10), 784 * 128 + 128 + 128 * 10 + 10),
-    (models.lenet(), (1, 28, 28, 1), (1, 10), 5 * 5 * 4 + 4 + 576 * 32 + 32 + 32 * 10 + 10),
-    (models.cifar_cnn(), (1, 32, 32, 3), (1, 10),
-     27 * 32 + 64 + 288 * 64 + 128 + 576 * 128 + 256 + 2048 * 256 + 256 + 2570),
-    (models.cifar_cnn(batch_norm=False, dropout=0.0), (1, 32, 32, 3), (1, 10),
-     27 * 32 + 32 + 288 * 64 + 64 + 576 * 128 + 128 + 2048 * 256 + 256 + 2570),
-    (models.perceptron(), (1, 2), (1, 1), 3),
-])
+@pytest.mark.parametrize(
+    "model, shape, out, count",
+    [
+        (models.mlp((784, 128, 10)), (1, 784), (1, 10), 784 * 128 + 128 + 128 * 10 + 10),
+        (models.lenet(), (1, 28, 28, 1), (1, 10), 5 * 5 * 4 + 4 + 576 * 32 + 32 + 32 * 10 + 10),
+        (
+            models.cifar_cnn(),
+            (1, 32, 32, 3),
+            (1, 10),
+            27 * 32 + 64 + 288 * 64 + 128 + 576 * 128 + 256 + 2048 * 256 + 256 + 2570,
+        ),
+        (
+            models.cifar_cnn(batch_norm=False, dropout=0.0),
+            (1, 32, 32, 3),
+            (1, 10),
+            27 * 32 + 32 + 288 * 64 + 64 + 576 * 128 + 128 + 2048 * 256 + 256 + 2570,
+        ),
+        (models.perceptron(), (1, 2), (1, 1), 3),
+    ],
+)
 def test_model_shapes_and_parameter_counts(model, shape, out, count):
     params, state = model.init(KEY, shape)
     assert L.param_count(params) == count
@@ -42,12 +54,15 @@ def test_serial_rejects_parameters_of_another_model():
         models.mlp((784, 32, 10)).apply(*small, jnp.ones((2, 784), jnp.float32))
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda: L.Linear(0), "out_features must be a positive int"),
-    (lambda: L.Conv2d(-1), "out_channels must be a positive int"),
-    (lambda: L.Dropout(1.5), r"Dropout rate must be in \[0, 1\)"),
-    (lambda: models.mlp((784,)), "at least"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: L.Linear(0), "out_features must be a positive int"),
+        (lambda: L.Conv2d(-1), "out_channels must be a positive int"),
+        (lambda: L.Dropout(1.5), r"Dropout rate must be in \[0, 1\)"),
+        (lambda: models.mlp((784,)), "at least"),
+    ],
+)
 def test_layer_construction_errors(make, message):
     with pytest.raises(ValueError, match=message):
         make()
@@ -59,7 +74,7 @@ def test_dropout_needs_a_key_in_training_only():
     x = jnp.ones((2, 32, 32, 3), jnp.float32)
     with pytest.raises(ValueError, match="Dropout needs a PRNG key"):
         model.apply(params, state, x, train=True)
-    y1, _ = model.apply(params, state, x)                       # eval: no key needed
+    y1, _ = model.apply(params, state, x)  # eval: no key needed
     y2, _ = model.apply(params, state, x)
     np.testing.assert_array_equal(y1, y2)
     a, _ = model.apply(params, state, x, key=jax.random.key(1), train=True)
@@ -74,7 +89,7 @@ def test_serial_gives_each_stochastic_layer_its_own_key():
     params, state = model.init(KEY, (1, 1000))
     y, _ = model.apply(params, state, jnp.ones((1, 1000), jnp.float32), key=KEY, train=True)
     kept = float(jnp.mean(y != 0))
-    assert 0.2 < kept < 0.3                                      # 0.5 * 0.5, not 0.5 (same mask twice)
+    assert 0.2 < kept < 0.3  # 0.5 * 0.5, not 0.5 (same mask twice)
 
 
 def test_batchnorm_running_statistics():
@@ -101,12 +116,27 @@ def test_conv_layer_impls_agree():
         L.Conv2d(5, impl="fft")
 
 
-@pytest.mark.parametrize("model, shape", [
-    (models.mlp((12, 16, 16, 5), "tanh"), (4, 12)),
-    (models.lenet(), (2, 28, 28, 1)),
-    (L.serial(L.Conv2d(4, 3, stride=2), L.BatchNorm(), L.Relu(), L.AvgPool2d(2, 1), L.Flatten(),
-              L.LayerNorm(), L.Dropout(0.3), L.Linear(5), name="mixed"), (3, 9, 9, 2)),
-])
+@pytest.mark.parametrize(
+    "model, shape",
+    [
+        (models.mlp((12, 16, 16, 5), "tanh"), (4, 12)),
+        (models.lenet(), (2, 28, 28, 1)),
+        (
+            L.serial(
+                L.Conv2d(4, 3, stride=2),
+                L.BatchNorm(),
+                L.Relu(),
+                L.AvgPool2d(2, 1),
+                L.Flatten(),
+                L.LayerNorm(),
+                L.Dropout(0.3),
+                L.Linear(5),
+                name="mixed",
+            ),
+            (3, 9, 9, 2),
+        ),
+    ],
+)
 @pytest.mark.x64
 def test_training_gradients_are_hand_written_and_equal_autodiff(model, shape):
     """The gradient of a model's loss uses the custom rules and equals plain
@@ -129,10 +159,17 @@ def test_training_gradients_are_hand_written_and_equal_autodiff(model, shape):
 
 
 @pytest.mark.parametrize("shape", [(300, 200), (5, 5, 16, 32)])
-@pytest.mark.parametrize("name, std", [
-    ("he_normal", lambda fi, fo: np.sqrt(2 / fi)), ("he_uniform", lambda fi, fo: np.sqrt(2 / fi)),
-    ("xavier_normal", lambda fi, fo: np.sqrt(2 / (fi + fo))), ("xavier_uniform", lambda fi, fo: np.sqrt(2 / (fi + fo))),
-    ("normal", lambda fi, fo: 0.01), ("zeros", lambda fi, fo: 0.0)])
+@pytest.mark.parametrize(
+    "name, std",
+    [
+        ("he_normal", lambda fi, fo: np.sqrt(2 / fi)),
+        ("he_uniform", lambda fi, fo: np.sqrt(2 / fi)),
+        ("xavier_normal", lambda fi, fo: np.sqrt(2 / (fi + fo))),
+        ("xavier_uniform", lambda fi, fo: np.sqrt(2 / (fi + fo))),
+        ("normal", lambda fi, fo: 0.01),
+        ("zeros", lambda fi, fo: 0.0),
+    ],
+)
 def test_initializer_statistics(shape, name, std):
     fan_in, fan_out = init.fans(shape)
     receptive = int(np.prod(shape[:-2]))
@@ -182,7 +219,7 @@ def test_intermediates_and_taps_give_activation_gradients():
         return jnp.sum(jnp.sin(out))
 
     g = jax.grad(loss)({"relu2": jnp.zeros((7, 4))})["relu2"]
-    h2 = acts["relu2"]                                   # by hand: d/dh2 sum(sin(h2 W3 + b3))
+    h2 = acts["relu2"]  # by hand: d/dh2 sum(sin(h2 W3 + b3))
     expected = jnp.cos(h2 @ params["fc3"]["w"] + params["fc3"]["b"]) @ params["fc3"]["w"].T
     np.testing.assert_allclose(g, expected, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="unknown layers"):
@@ -196,7 +233,7 @@ def test_batchnorm_running_statistics_stay_float32_for_float16_activations():
     bn = L.BatchNorm(momentum=0.9)
     params, state = bn.init(KEY, (1, 8))
     params = jax.tree.map(lambda a: a.astype(jnp.float16), params)
-    x = (1000.0 * jax.random.normal(KEY, (64, 8))).astype(jnp.float16)     # variance ~1e6 > float16 max
+    x = (1000.0 * jax.random.normal(KEY, (64, 8))).astype(jnp.float16)  # variance ~1e6 > float16 max
     _, new = bn.apply(params, state, x, train=True)
     assert new["mean"].dtype == new["var"].dtype == jnp.float32
     assert np.all(np.isfinite(new["var"]))
@@ -204,8 +241,10 @@ def test_batchnorm_running_statistics_stay_float32_for_float16_activations():
     np.testing.assert_allclose(new["var"], ref, rtol=2e-3)
 
 
-@pytest.mark.parametrize("make, shape", [(models.lenet, (0, 28, 28, 1)), (models.cifar_cnn, (0, 32, 32, 3)),
-                                         (lambda: models.mlp((5, 3)), (0, 5))])
+@pytest.mark.parametrize(
+    "make, shape",
+    [(models.lenet, (0, 28, 28, 1)), (models.cifar_cnn, (0, 32, 32, 3)), (lambda: models.mlp((5, 3)), (0, 5))],
+)
 def test_empty_batch_evaluates_to_empty_logits(make, shape):
     model = make()
     params, state = model.init(KEY, (1,) + shape[1:])

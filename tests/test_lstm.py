@@ -39,8 +39,14 @@ def ref_lstm(x, h0, c0, w_x, w_h, b, step=ref_step):
 
 def make_args(b, t, d, hidden, dtype=np.float64, seed=0):
     r = np.random.default_rng(seed)
-    shapes = [((b, t, d), 1.0), ((b, hidden), 1.0), ((b, hidden), 1.0),
-              ((d, 4 * hidden), 0.5), ((hidden, 4 * hidden), 0.4), ((4 * hidden,), 0.1)]
+    shapes = [
+        ((b, t, d), 1.0),
+        ((b, hidden), 1.0),
+        ((b, hidden), 1.0),
+        ((d, 4 * hidden), 0.5),
+        ((hidden, 4 * hidden), 0.4),
+        ((4 * hidden,), 0.1),
+    ]
     return tuple(jnp.asarray((s * r.standard_normal(shape)).astype(dtype)) for shape, s in shapes)
 
 
@@ -105,7 +111,7 @@ def test_each_output_cotangent_alone():
         hand, auto = both(ct)
         for g_hand, g_auto in zip(hand, auto):
             np.testing.assert_allclose(g_hand, g_auto, rtol=1e-10, atol=1e-12)
-            assert np.any(g_hand != 0)          # every argument influences every output
+            assert np.any(g_hand != 0)  # every argument influences every output
 
 
 def test_uses_its_custom_rule():
@@ -134,9 +140,10 @@ def test_grad_of_grad():
     u = make_args(*shape, seed=5)
     argnums = tuple(range(len(args)))
 
-    def hvp(fun):                                   # grad of <grad fun, u>: a Hessian-vector product
+    def hvp(fun):  # grad of <grad fun, u>: a Hessian-vector product
         def gdotu(*a):
             return sum(jnp.sum(g * w) for g, w in zip(jax.grad(fun, argnums)(*a), u))
+
         return jax.jit(jax.grad(gdotu, argnums))(*args)
 
     for a, b in zip(hvp(f), hvp(plain)):
@@ -214,14 +221,16 @@ def test_structure_zero_cotangent_and_determinism():
 def test_gate_layout_known_values():
     """x = h0 = 0 so z = b: each block of b drives exactly one gate, in the order i, f, g, o."""
     b_i, b_f, b_g, b_o, c_in = 0.3, -1.2, 0.7, 2.0, 0.9
+
     def sigmoid(v):
         return 1 / (1 + math.exp(-v))
 
     c1 = sigmoid(b_f) * c_in + sigmoid(b_i) * math.tanh(b_g)
     h1 = sigmoid(b_o) * math.tanh(c1)
     b = jnp.array([b_i, b_f, b_g, b_o], jnp.float64)
-    hs, (h_T, c_T) = F.lstm(jnp.zeros((1, 1, 2)), jnp.zeros((1, 1)), jnp.full((1, 1), c_in),
-                            jnp.ones((2, 4)), jnp.ones((1, 4)), b)
+    hs, (h_T, c_T) = F.lstm(
+        jnp.zeros((1, 1, 2)), jnp.zeros((1, 1)), jnp.full((1, 1), c_in), jnp.ones((2, 4)), jnp.ones((1, 4)), b
+    )
     np.testing.assert_allclose([float(hs[0, 0, 0]), float(h_T[0, 0]), float(c_T[0, 0])], [h1, h1, c1], rtol=1e-14)
 
 
@@ -229,7 +238,7 @@ def test_gate_layout_known_values():
 def test_low_precision_forward_close_to_float32(dtype):
     args = make_args(4, 20, 6, 8, dtype=dtype)
     low = F.lstm(*args)
-    full = F.lstm(*(a.astype(np.float32) for a in args))         # the same (rounded) inputs
+    full = F.lstm(*(a.astype(np.float32) for a in args))  # the same (rounded) inputs
     tol = {np.dtype(np.float16): 1e-2, np.dtype(jnp.bfloat16): 5e-2}[np.dtype(dtype)]
     for lo, hi in zip(jax.tree.leaves(low), jax.tree.leaves(full)):
         assert lo.dtype == np.dtype(dtype)
@@ -244,19 +253,19 @@ def test_low_precision_sums_over_time_accumulate_in_float32(dtype):
     dz_g = 1 (a float16 sum of ones stops at 2048), and the backward carry ec: with g = 0 (so
     c = tanh(c) = 0) a cotangent of 1 on every h_t adds 1 to ec per step, dc_0 = T."""
     t = 4096
-    big = 12.0                                                  # sigmoid(12) rounds to 1
+    big = 12.0  # sigmoid(12) rounds to 1
     x = jnp.ones((1, t, 1), dtype)
     h0, c0 = jnp.zeros((1, 1), dtype), jnp.zeros((1, 1), dtype)
     w_x, w_h = jnp.zeros((1, 4), dtype), jnp.zeros((1, 4), dtype)
     b = jnp.asarray([big, big, 0.003, big], dtype)
-    g = float(jnp.tanh(b[2]))                                   # g in the input dtype
+    g = float(jnp.tanh(b[2]))  # g in the input dtype
     hs, (h_T, c_T) = F.lstm(x, h0, c0, w_x, w_h, b)
     np.testing.assert_allclose(float(c_T[0, 0]), t * g, rtol=2e-3)
     _, vjp = jax.vjp(F.lstm, x, h0, c0, w_x, w_h, b)
     _, _, dc0, dw_x, _, db = vjp((jnp.zeros_like(hs), (jnp.zeros_like(h_T), jnp.ones_like(c_T))))
     np.testing.assert_allclose(float(db[2]), t, rtol=1e-3)
     np.testing.assert_allclose(float(dw_x[0, 2]), t, rtol=1e-3)
-    assert float(dc0[0, 0]) == 1.0                              # dc_0 = gc_T * prod f = 1
+    assert float(dc0[0, 0]) == 1.0  # dc_0 = gc_T * prod f = 1
     b0 = jnp.asarray([big, big, 0.0, big], dtype)
     out, vjp = jax.vjp(F.lstm, x, h0, c0, w_x, w_h, b0)
     dc0 = vjp((jnp.ones_like(out[0]), jax.tree.map(jnp.zeros_like, out[1])))[2]
@@ -265,8 +274,15 @@ def test_low_precision_sums_over_time_accumulate_in_float32(dtype):
 
 # ------------------------------------------------------------------ bad input
 def _ok(**over):
-    a = {"x": jnp.ones((2, 5, 3)), "h0": jnp.ones((2, 4)), "c0": jnp.ones((2, 4)), "w_x": jnp.ones((3, 16)),
-         "w_h": jnp.ones((4, 16)), "b": jnp.ones(16), **over}
+    a = {
+        "x": jnp.ones((2, 5, 3)),
+        "h0": jnp.ones((2, 4)),
+        "c0": jnp.ones((2, 4)),
+        "w_x": jnp.ones((3, 16)),
+        "w_h": jnp.ones((4, 16)),
+        "b": jnp.ones(16),
+        **over,
+    }
     return lambda: F.lstm(**a)
 
 

@@ -56,7 +56,7 @@ def python_blocks(markdown: str) -> list[dict]:
         while j < len(lines) and not close.match(lines[j]):
             j += 1
         if info in ("python", "py", "python3"):
-            body = [ln[len(indent):] if ln.startswith(indent) else ln.lstrip() for ln in lines[i + 1:j]]
+            body = [ln[len(indent) :] if ln.startswith(indent) else ln.lstrip() for ln in lines[i + 1 : j]]
             blocks.append({"index": len(blocks), "line": i + 2, "code": "\n".join(body) + "\n"})
         i = j + 1
     return blocks
@@ -75,8 +75,10 @@ def mark_data_blocks(blocks: list[dict], data_dir: str | None) -> list[dict]:
     planned = [dict(b) for b in blocks]
     for b in planned:
         if data_dir is None and _NEEDS_DATA.search(b["code"]):
-            b["skip"] = (f"{_describe(b)} loads real data and none was found: set JDLFS_DATA_DIR or put the "
-                         f"datasets in {REPO.parent / 'shared' / 'data'} (see the README's Data section)")
+            b["skip"] = (
+                f"{_describe(b)} loads real data and none was found: set JDLFS_DATA_DIR or put the "
+                f"datasets in {REPO.parent / 'shared' / 'data'} (see the README's Data section)"
+            )
     return planned
 
 
@@ -96,13 +98,19 @@ def run_blocks(blocks: list[dict], workdir: Path, timeout_s: float, tmp: Path) -
     todo.write_text(json.dumps(blocks))
     env = dict(os.environ, MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
     try:
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), str(todo), str(results_file)],
-                              cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout_s)
+        proc = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), str(todo), str(results_file)],
+            cwd=workdir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
         crash = None if proc.returncode == 0 else f"runner exited {proc.returncode}:\n{proc.stderr[-4000:]}"
     except subprocess.TimeoutExpired:
         crash = f"timed out: all README blocks together took more than {timeout_s:.0f} s"
     done = json.loads(results_file.read_text()) if results_file.exists() else []
-    for b in blocks[len(done):]:
+    for b in blocks[len(done) :]:
         done.append({"index": b["index"], "status": "not reached", "reason": crash or "runner stopped early"})
     return done
 
@@ -160,8 +168,9 @@ def test_readme_block_runs(block, readme_results):
         pytest.skip(res["reason"])
     where = _describe(block)
     assert res["status"] != "not reached", f"{where} did not run: {res['reason']}"
-    assert res["status"] == "passed", (f"{where} fails as written:\n{block['code']}\n{res['error']}"
-                                       f"\noutput:\n{res['output']}")
+    assert res["status"] == "passed", (
+        f"{where} fails as written:\n{block['code']}\n{res['error']}\noutput:\n{res['output']}"
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -209,8 +218,9 @@ def test_python_blocks_extracts_python_fences_in_order_with_readme_lines():
 
 
 def test_runner_shares_one_namespace_and_reports_the_failing_readme_line(tmp_path):
-    blocks = python_blocks("```python\nx = 2\n```\n\n```python\nprint(x * 21)\ny = undefined_name\n```\n"
-                           "\n```python\nz = 1\n```\n")
+    blocks = python_blocks(
+        "```python\nx = 2\n```\n\n```python\nprint(x * 21)\ny = undefined_name\n```\n\n```python\nz = 1\n```\n"
+    )
     results = run_blocks(blocks, tmp_path, 60, tmp_path)
     assert [r["status"] for r in results] == ["passed", "failed", "not reached"]
     assert results[1]["output"] == "42\n"  # the second block saw the first block's x
@@ -218,8 +228,10 @@ def test_runner_shares_one_namespace_and_reports_the_failing_readme_line(tmp_pat
 
 
 def test_blocks_that_load_data_are_skipped_only_without_data():
-    blocks = python_blocks("```python\nimport jax\n```\n\n```python\nx, y = data.load('mnist', 'test')\n```\n"
-                           "\n```python\nload_mnist(data_dir='/d')\n```\n")
+    blocks = python_blocks(
+        "```python\nimport jax\n```\n\n```python\nx, y = data.load('mnist', 'test')\n```\n"
+        "\n```python\nload_mnist(data_dir='/d')\n```\n"
+    )
     assert [bool(b.get("skip")) for b in mark_data_blocks(blocks, None)] == [False, True, True]
     assert "JDLFS_DATA_DIR" in mark_data_blocks(blocks, None)[1]["skip"]
     assert not any(b.get("skip") for b in mark_data_blocks(blocks, "/some/data"))
@@ -227,8 +239,9 @@ def test_blocks_that_load_data_are_skipped_only_without_data():
 
 
 def test_runner_skips_a_block_and_the_blocks_after_it(tmp_path):
-    blocks = python_blocks("```python\nimport os\nprint(os.getcwd())\n```\n\n```python\nq = 1\n```\n"
-                           "\n```python\nr = q\n```\n")
+    blocks = python_blocks(
+        "```python\nimport os\nprint(os.getcwd())\n```\n\n```python\nq = 1\n```\n\n```python\nr = q\n```\n"
+    )
     blocks[1]["skip"] = "needs data"
     results = run_blocks(blocks, tmp_path, 60, tmp_path)
     assert [r["status"] for r in results] == ["passed", "skipped", "not reached"]

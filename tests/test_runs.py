@@ -87,8 +87,16 @@ def fake(tmp_path):
     env.update(JDLFS_CACHE_DIR=str(tmp_path / "cache"), TFDS_DATA_DIR=str(tmp_path / "tfds"), JAX_PLATFORMS="cpu")
 
     def run(*args: str, **kwargs) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(script), "--no-progress", *args], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=120, check=False, **kwargs)
+        return subprocess.run(
+            [sys.executable, str(script), "--no-progress", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            **kwargs,
+        )
 
     run.script, run.env = script, env
     return run
@@ -138,7 +146,7 @@ def test_help_shows_each_default_once(monkeypatch, data_dir):
     blocks = help_blocks(text)
     assert set(blocks) >= {"--seed", "--data-dir", "--out", "--quick", "--no-progress", "--devices", "--epochs"}
     assert "(default: None)" not in text and "(default: False)" not in text
-    for flag, block in blocks.items():
+    for block in blocks.values():
         assert block.lower().count("default") <= 1, block
     assert "(default: 0)" in blocks["--seed"] and "(default: 10)" in blocks["--epochs"]
     assert "default runs/demo/<timestamp>-<suffix>" in blocks["--out"] and "resume" in blocks["--out"]
@@ -261,15 +269,24 @@ def test_load_dataset_quick_subset(tmp_path, monkeypatch):
     quick = argparse.Namespace(data_dir=str(tmp_path / "data"), quick=True)
     qx, qy, qxt, qyt = runs.load_dataset(quick, "mnist", quick_train=3, quick_test=2)
     assert qx.shape == (3, 28, 28, 1) and qxt.shape == (2, 28, 28, 1)
-    for part, whole in ((qx, x_train), (qy, y_train), (qxt, x_test), (qyt, y_test)):
-        np.testing.assert_array_equal(part, whole[:len(part)])
+    # a fixed random subset (not the first rows: a class-sorted copy would give one class), the same every call
+    for part, whole in ((qx, x_train), (qxt, x_test)):
+        rows = [next(i for i in range(len(whole)) if np.array_equal(whole[i], p)) for p in part]
+        assert len(set(rows)) == len(rows) and rows == sorted(rows)
+    again = runs.load_dataset(
+        argparse.Namespace(data_dir=str(tmp_path / "data"), quick=True, seed=5), "mnist", quick_train=3, quick_test=2
+    )
+    for a, b in zip((qx, qy, qxt, qyt), again):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_epoch_timing():
     history = [{"train_seconds": 9.0}, {"train_seconds": 1.0}, {"train_seconds": 3.0}, {"train_seconds": 2.0}]
     assert runs.epoch_timing(history) == {"seconds_per_epoch": 2.0, "first_epoch_seconds_with_compile": 9.0}
-    assert runs.epoch_timing([{"s": 4.0}], key="s") == {"seconds_per_epoch": 4.0,
-                                                         "first_epoch_seconds_with_compile": 4.0}
+    assert runs.epoch_timing([{"s": 4.0}], key="s") == {
+        "seconds_per_epoch": 4.0,
+        "first_epoch_seconds_with_compile": 4.0,
+    }
     with pytest.raises(ValueError, match="empty"):
         runs.epoch_timing([])
 
@@ -290,7 +307,7 @@ def test_missing_data_is_one_message_and_exit_2(fake, tmp_path):
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and r.stdout == ""
     assert "--data-dir" in r.stderr and "JDLFS_DATA_DIR" in r.stderr and "data_dir=" not in r.stderr
-    assert f"{tmp_path / 'nodata' / 'mnist'}: does not exist" in r.stderr   # where it looked
+    assert f"{tmp_path / 'nodata' / 'mnist'}: does not exist" in r.stderr  # where it looked
     assert "https://storage.googleapis.com/cvdf-datasets/mnist/" in r.stderr  # how to get it
     assert "fake.py: error: could not find the 'mnist' 'train' split" in r.stderr
     assert "Download" not in r.stderr and "WARNING" not in r.stderr  # no tfds announcement or log spam
@@ -351,8 +368,14 @@ def test_keyboard_interrupt_is_one_line_and_exit_130(fake, tmp_path):
 
 def test_sigint_while_running(fake, tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, str(fake.script), "--mode", "wait", "--checkpoint", "--out", str(out)],
-                            cwd=tmp_path, env=fake.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(fake.script), "--mode", "wait", "--checkpoint", "--out", str(out)],
+        cwd=tmp_path,
+        env=fake.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout.readline().strip() == "ready"
         proc.send_signal(signal.SIGINT)

@@ -52,18 +52,30 @@ def _no_ambient_data_dir(monkeypatch):
 DOCTYPE = '<!DOCTYPE lewis SYSTEM "lewis.dtd">\n'
 
 
-def reuters_doc(newid, split="TRAIN", *, title=None, body=None, dateline=None, text_type=None,
-                topics=("cocoa",), topics_attr="YES", extra_text=""):
+def reuters_doc(
+    newid,
+    split="TRAIN",
+    *,
+    title=None,
+    body=None,
+    dateline=None,
+    text_type=None,
+    topics=("cocoa",),
+    topics_attr="YES",
+    extra_text="",
+):
     """One <REUTERS> document in the distribution's layout (a str; encode as Latin-1)."""
     d = "".join(f"<D>{t}</D>" for t in topics)
     type_attr = f' TYPE="{text_type}"' if text_type else ""
-    parts = [f'<REUTERS TOPICS="{topics_attr}" LEWISSPLIT="{split}" CGISPLIT="TRAINING-SET" OLDID="{5000 + newid}" '
-             f'NEWID="{newid}">\n',
-             "<DATE>26-FEB-1987 15:01:01.79</DATE>\n",
-             f"<TOPICS>{d}</TOPICS>\n<PLACES><D>usa</D></PLACES>\n<PEOPLE></PEOPLE>\n<ORGS></ORGS>\n",
-             "<EXCHANGES></EXCHANGES>\n<COMPANIES></COMPANIES>\n",
-             "<UNKNOWN> \n&#5;&#5;&#5;C T\n&#22;&#22;&#1;f0704&#31;reute\nu f BC-X   02-26 0105</UNKNOWN>\n",
-             f"<TEXT{type_attr}>&#2;\n"]
+    parts = [
+        f'<REUTERS TOPICS="{topics_attr}" LEWISSPLIT="{split}" CGISPLIT="TRAINING-SET" OLDID="{5000 + newid}" '
+        f'NEWID="{newid}">\n',
+        "<DATE>26-FEB-1987 15:01:01.79</DATE>\n",
+        f"<TOPICS>{d}</TOPICS>\n<PLACES><D>usa</D></PLACES>\n<PEOPLE></PEOPLE>\n<ORGS></ORGS>\n",
+        "<EXCHANGES></EXCHANGES>\n<COMPANIES></COMPANIES>\n",
+        "<UNKNOWN> \n&#5;&#5;&#5;C T\n&#22;&#22;&#1;f0704&#31;reute\nu f BC-X   02-26 0105</UNKNOWN>\n",
+        f"<TEXT{type_attr}>&#2;\n",
+    ]
     if title is not None:
         parts.append(f"<TITLE>{title}</TITLE>\n")
     if dateline is not None:
@@ -75,19 +87,33 @@ def reuters_doc(newid, split="TRAIN", *, title=None, body=None, dateline=None, t
     return "".join(parts)
 
 
-BODY_1 = ("Showers continued throughout the week in\n"
-          "the Bahia cocoa zone, &lt;Caf\xe9 Co&gt; said &amp; To&#127;day\x7f's\n"
-          "arrivals were 155,221 bags.\n"
-          "    The dry period means the temporao will\n"
-          "be late this year.\n"
-          "    Shr 21 cts vs 18 cts\n"
-          " Reuter\n&#3;")
-DOC_1 = reuters_doc(1, title="STANDARD OIL &lt;SRD> TO FORM\nFINANCIAL UNIT", dateline="    SALVADOR, Feb 26 - ",
-                    body=BODY_1)
-DOC_2 = reuters_doc(2, "TEST", text_type="BRIEF", title="ASSETS OF MONEY MARKET FUNDS ROSE",
-                    extra_text="Blah blah blah.\n&#3;\n\n", topics=(), topics_attr="NO")
-DOC_3 = reuters_doc(3, "NOT-USED", text_type="UNPROC",
-                    extra_text="FEDERAL RESERVE WEEKLY REPORT\n Net free reserves....644 vs 1,337\n&#3;")
+BODY_1 = (
+    "Showers continued throughout the week in\n"
+    "the Bahia cocoa zone, &lt;Caf\xe9 Co&gt; said &amp; To&#127;day\x7f's\n"
+    "arrivals were 155,221 bags.\n"
+    "    The dry period means the temporao will\n"
+    "be late this year.\n"
+    "    Shr 21 cts vs 18 cts\n"
+    " Reuter\n&#3;"
+)
+DOC_1 = reuters_doc(
+    1, title="STANDARD OIL &lt;SRD> TO FORM\nFINANCIAL UNIT", dateline="    SALVADOR, Feb 26 - ", body=BODY_1
+)
+DOC_2 = reuters_doc(
+    2,
+    "TEST",
+    text_type="BRIEF",
+    title="ASSETS OF MONEY MARKET FUNDS ROSE",
+    extra_text="Blah blah blah.\n&#3;\n\n",
+    topics=(),
+    topics_attr="NO",
+)
+DOC_3 = reuters_doc(
+    3,
+    "NOT-USED",
+    text_type="UNPROC",
+    extra_text="FEDERAL RESERVE WEEKLY REPORT\n Net free reserves....644 vs 1,337\n&#3;",
+)
 
 
 def write_sgm(path: Path, content: str) -> Path:
@@ -103,15 +129,17 @@ def test_reuters_file_parsed_exactly(tmp_path):
     assert (d1.newid, d1.split, d1.text_type, d1.topics, d1.topics_attr) == (1, "train", "NORM", ("cocoa",), "YES")
     assert d1.title == "STANDARD OIL <SRD> TO FORM FINANCIAL UNIT"
     assert d1.dateline == "SALVADOR, Feb 26"
-    assert d1.body == ("Showers continued throughout the week in the Bahia cocoa zone, <Caf\xe9 Co> said & Today's "
-                       "arrivals were 155,221 bags. The dry period means the temporao will be late this year. "
-                       "Shr 21 cts vs 18 cts")
+    assert d1.body == (
+        "Showers continued throughout the week in the Bahia cocoa zone, <Caf\xe9 Co> said & Today's "
+        "arrivals were 155,221 bags. The dry period means the temporao will be late this year. "
+        "Shr 21 cts vs 18 cts"
+    )
     assert d1.has_title_and_body and d1.modapte_split == "train"
     assert (d1.path, d1.line) == (str(path), 2)
 
     assert (d2.newid, d2.split, d2.text_type) == (2, "test", "BRIEF")
     assert d2.title == "ASSETS OF MONEY MARKET FUNDS ROSE" and d2.body == "" and not d2.has_title_and_body
-    assert d2.topics == () and d2.modapte_split == "unused"     # TOPICS="NO"
+    assert d2.topics == () and d2.modapte_split == "unused"  # TOPICS="NO"
 
     assert (d3.newid, d3.split, d3.text_type, d3.title, d3.body) == (3, "not-used", "UNPROC", "", "")
     assert d3.line == 2 + DOC_1.count("\n") + DOC_2.count("\n")
@@ -133,18 +161,21 @@ def test_reuters_whitespace_modes(tmp_path):
         text.read_reuters_file(path, whitespace="squash")
 
 
-@pytest.mark.parametrize("ending, expected", [
-    ("last words.\n Reuter\n&#3;", "last words."),
-    ("last words.\n REUTER\n\n\n&#3;", "last words."),
-    ("last words.\n reuter...^M\n&#3;", "last words."),
-    ("last words.\nREUTER\n Reuter\n&#3;", "last words."),          # signed twice
-    ("last words.\n REUTER11:43/VB\n&#3;", "last words."),
-    ("last words.\n REUTE\n&#3;", "last words."),
-    ("confidence for\nthe future. REUTER\n&#3;", "confidence for the future."),
-    ("a bank official told\nReuters.\n&#3;", "a bank official told Reuters."),   # a sentence, kept
-    ("he said.\n More\n&#3;", "he said. More"),                      # no signature
-    ("2.80 DLRS A&#27;[B SHARE\x03\n Reuter\n&#3;", "2.80 DLRS A SHARE"),   # ESC [ B, raw control byte
-])
+@pytest.mark.parametrize(
+    "ending, expected",
+    [
+        ("last words.\n Reuter\n&#3;", "last words."),
+        ("last words.\n REUTER\n\n\n&#3;", "last words."),
+        ("last words.\n reuter...^M\n&#3;", "last words."),
+        ("last words.\nREUTER\n Reuter\n&#3;", "last words."),  # signed twice
+        ("last words.\n REUTER11:43/VB\n&#3;", "last words."),
+        ("last words.\n REUTE\n&#3;", "last words."),
+        ("confidence for\nthe future. REUTER\n&#3;", "confidence for the future."),
+        ("a bank official told\nReuters.\n&#3;", "a bank official told Reuters."),  # a sentence, kept
+        ("he said.\n More\n&#3;", "he said. More"),  # no signature
+        ("2.80 DLRS A&#27;[B SHARE\x03\n Reuter\n&#3;", "2.80 DLRS A SHARE"),  # ESC [ B, raw control byte
+    ],
+)
 def test_reuters_signature_and_controls_removed(tmp_path, ending, expected):
     path = write_sgm(tmp_path / "reut2-000.sgm", reuters_doc(1, title="T", body=ending))
     assert text.read_reuters_file(path)[0].body == expected
@@ -167,23 +198,42 @@ def _lines_of(s: str, needle: str, nth: int = 0) -> int:
 GOOD = DOCTYPE + DOC_1 + DOC_2 + DOC_3
 
 
-@pytest.mark.parametrize("name, content, line, match", [
-    ("unterminated REUTERS", GOOD[: GOOD.rindex("</REUTERS>")], _lines_of(GOOD, "<REUTERS", 2),
-     "unterminated <REUTERS>"),
-    ("unterminated BODY", GOOD.replace("</BODY>", "", 1), _lines_of(GOOD, "<BODY>"), "unterminated <BODY>"),
-    ("unterminated TITLE", GOOD.replace("</TITLE>", "", 1), _lines_of(GOOD, "<TITLE>"), "unterminated <TITLE>"),
-    ("missing /REUTERS", GOOD.replace("</REUTERS>", "", 1), _lines_of(GOOD, "<REUTERS", 1), "not closed"),
-    ("stray /BODY", GOOD.replace("<BODY>", "", 1), _lines_of(GOOD, "</BODY>"), "without a preceding <BODY>"),
-    ("two TITLEs", GOOD.replace("<BODY>", "<BODY><TITLE>X</TITLE>", 1), _lines_of(GOOD, "<BODY>"),
-     "second <TITLE>"),
-    ("text outside", GOOD.replace("</REUTERS>\n", "</REUTERS>\ngarbage\n", 1), _lines_of(GOOD, "<REUTERS", 1),
-     "outside any <REUTERS>"),
-    ("cut inside a tag", GOOD[: GOOD.index("<REUTERS", GOOD.index("NEWID=\"2\"")) + 20],
-     _lines_of(GOOD, "<REUTERS", 2), "unterminated <REUTERS tag"),
-    ("no LEWISSPLIT", GOOD.replace('LEWISSPLIT="TEST" ', "", 1), _lines_of(GOOD, "<REUTERS", 1), "LEWISSPLIT"),
-    ("no TEXT", GOOD.replace("<TEXT>", "", 1).replace("</TEXT>", "", 1), _lines_of(GOOD, "<REUTERS"), "<TEXT>"),
-    ("empty file", "", None, "no <REUTERS> documents"),
-])
+@pytest.mark.parametrize(
+    "name, content, line, match",
+    [
+        (
+            "unterminated REUTERS",
+            GOOD[: GOOD.rindex("</REUTERS>")],
+            _lines_of(GOOD, "<REUTERS", 2),
+            "unterminated <REUTERS>",
+        ),
+        ("unterminated BODY", GOOD.replace("</BODY>", "", 1), _lines_of(GOOD, "<BODY>"), "unterminated <BODY>"),
+        ("unterminated TITLE", GOOD.replace("</TITLE>", "", 1), _lines_of(GOOD, "<TITLE>"), "unterminated <TITLE>"),
+        ("missing /REUTERS", GOOD.replace("</REUTERS>", "", 1), _lines_of(GOOD, "<REUTERS", 1), "not closed"),
+        ("stray /BODY", GOOD.replace("<BODY>", "", 1), _lines_of(GOOD, "</BODY>"), "without a preceding <BODY>"),
+        (
+            "two TITLEs",
+            GOOD.replace("<BODY>", "<BODY><TITLE>X</TITLE>", 1),
+            _lines_of(GOOD, "<BODY>"),
+            "second <TITLE>",
+        ),
+        (
+            "text outside",
+            GOOD.replace("</REUTERS>\n", "</REUTERS>\ngarbage\n", 1),
+            _lines_of(GOOD, "<REUTERS", 1),
+            "outside any <REUTERS>",
+        ),
+        (
+            "cut inside a tag",
+            GOOD[: GOOD.index("<REUTERS", GOOD.index('NEWID="2"')) + 20],
+            _lines_of(GOOD, "<REUTERS", 2),
+            "unterminated <REUTERS tag",
+        ),
+        ("no LEWISSPLIT", GOOD.replace('LEWISSPLIT="TEST" ', "", 1), _lines_of(GOOD, "<REUTERS", 1), "LEWISSPLIT"),
+        ("no TEXT", GOOD.replace("<TEXT>", "", 1).replace("</TEXT>", "", 1), _lines_of(GOOD, "<REUTERS"), "<TEXT>"),
+        ("empty file", "", None, "no <REUTERS> documents"),
+    ],
+)
 def test_reuters_malformed_file_names_file_and_line(tmp_path, name, content, line, match):
     path = write_sgm(tmp_path / "reut2-000.sgm", content)
     with pytest.raises(TextFormatError, match=match) as info:
@@ -197,8 +247,9 @@ def test_reuters_malformed_file_names_file_and_line(tmp_path, name, content, lin
 
 def _write_corpus(root: Path, per_file: list[list[int]], sub="reuters21578") -> None:
     for i, newids in enumerate(per_file):
-        docs = "".join(reuters_doc(n, "TRAIN" if n % 2 else "TEST", title=f"T{n}", body=f"body {n}\n Reuter")
-                       for n in newids)
+        docs = "".join(
+            reuters_doc(n, "TRAIN" if n % 2 else "TEST", title=f"T{n}", body=f"body {n}\n Reuter") for n in newids
+        )
         write_sgm(root / sub / f"reut2-{i:03d}.sgm", DOCTYPE + docs)
 
 
@@ -207,7 +258,10 @@ def test_load_reuters_across_files_and_split(tmp_path, sub):
     _write_corpus(tmp_path, [[1, 2], [3]], sub=sub)
     docs = text.load_reuters(tmp_path, num_files=2)
     assert [(d.newid, d.split, d.title, d.body) for d in docs] == [
-        (1, "train", "T1", "body 1"), (2, "test", "T2", "body 2"), (3, "train", "T3", "body 3")]
+        (1, "train", "T1", "body 1"),
+        (2, "test", "T2", "body 2"),
+        (3, "train", "T3", "body 3"),
+    ]
     assert [d.newid for d in text.load_reuters(tmp_path, split="train", num_files=2)] == [1, 3]
     assert [d.newid for d in text.load_reuters(tmp_path, split="test", num_files=2)] == [2]
 
@@ -247,7 +301,7 @@ def test_load_reuters_no_data_dir_explains_how_to_set_it(tmp_path):
     with pytest.raises(CorpusNotFoundError) as info:
         text.load_reuters(tmp_path)
     assert info.value.filename == str(tmp_path / "reuters21578" / "reut2-000.sgm")
-    assert str(tmp_path / "reut2-000.sgm") in str(info.value)           # every place looked at is listed
+    assert str(tmp_path / "reut2-000.sgm") in str(info.value)  # every place looked at is listed
     assert str(pickle.loads(pickle.dumps(info.value))) == str(info.value)
 
 
@@ -283,7 +337,7 @@ def test_multi30k_all_splits_line_aligned(tmp_path):
 
 
 def test_multi30k_plain_files_and_trailing_blank_lines(tmp_path, monkeypatch):
-    (tmp_path / "val.de").write_text("\n".join(DE) + "\n\n", encoding="utf-8")   # old WMT16 release style
+    (tmp_path / "val.de").write_text("\n".join(DE) + "\n\n", encoding="utf-8")  # old WMT16 release style
     write_gz(tmp_path / "val.en.gz", EN, trailer="\n\n")
     monkeypatch.setenv("JDLFS_DATA_DIR", str(tmp_path))
     de, en = text.load_multi30k("val")
@@ -299,10 +353,13 @@ def test_multi30k_misaligned_counts_name_both_files(tmp_path):
     assert f"{de} has 3 lines" in msg and f"{en} has 2" in msg
 
 
-@pytest.mark.parametrize("content, line, match", [
-    (b"one\n\nthree\n", 2, "empty line"),
-    (b"one\ntwo \xff\xfe\n", 2, "not valid utf-8"),
-])
+@pytest.mark.parametrize(
+    "content, line, match",
+    [
+        (b"one\n\nthree\n", 2, "empty line"),
+        (b"one\ntwo \xff\xfe\n", 2, "not valid utf-8"),
+    ],
+)
 def test_multi30k_malformed_lines(tmp_path, content, line, match):
     path = tmp_path / "train.de.gz"
     path.write_bytes(gzip.compress(content))
@@ -352,11 +409,14 @@ def test_ag_news_parsed_and_cleaned_exactly(tmp_path):
     path.write_text(AG_CSV, encoding="utf-8")
     rows = text.load_ag_news("test", tmp_path)
     assert [(r.label, r.line) for r in rows] == [(2, 1), (3, 2), (0, 3), (1, 4)]
-    assert rows[0].description == ("Unions representing workers at Turner Newall say they are 'disappointed' "
-                                   "after talks.")
+    assert rows[0].description == (
+        "Unions representing workers at Turner Newall say they are 'disappointed' after talks."
+    )
     assert rows[1].title == "The Race is On (SPACE.com)"
-    assert rows[1].description == ("SPACE.com - A second team competing for the $10 million, a contest for privately "
-                                   "funded flight. New para for $5.")
+    assert rows[1].description == (
+        "SPACE.com - A second team competing for the $10 million, a contest for privately "
+        "funded flight. New para for $5."
+    )
     assert rows[2].title == 'Bush "wins" it'
     assert rows[2].description == 'He said it\'s over for "them" & us.'
     assert rows[3].title == "Multi line title"
@@ -366,12 +426,15 @@ def test_ag_news_parsed_and_cleaned_exactly(tmp_path):
     assert text.AG_NEWS_CLASSES[rows[0].label] == "Business"
 
 
-@pytest.mark.parametrize("content, line, match", [
-    ('"1","a","b"\n"2","only two"\n', 2, "expected 3 fields"),
-    ('"1","a","b"\n"5","a","b"\n', 2, "class index '5'"),
-    ('"1","a","b"\n"2","x\n\ny","z"\n"3","a"b","c"\n', 5, "bad CSV"),
-    ("", None, "no rows"),
-])
+@pytest.mark.parametrize(
+    "content, line, match",
+    [
+        ('"1","a","b"\n"2","only two"\n', 2, "expected 3 fields"),
+        ('"1","a","b"\n"5","a","b"\n', 2, "class index '5'"),
+        ('"1","a","b"\n"2","x\n\ny","z"\n"3","a"b","c"\n', 5, "bad CSV"),
+        ("", None, "no rows"),
+    ],
+)
 def test_ag_news_malformed_rows(tmp_path, content, line, match):
     path = tmp_path / "test.csv"
     path.write_text(content, encoding="utf-8")
@@ -390,8 +453,10 @@ def test_ag_news_missing_train_split_says_why(tmp_path):
 
 # =========================================================================== sentencepiece
 
-WORDS = ("the dog cat runs jumps over a small big red blue house street man woman child plays with ball in "
-         "park near river quickly slowly and sees green tree").split()
+WORDS = (
+    "the dog cat runs jumps over a small big red blue house street man woman child plays with ball in "
+    "park near river quickly slowly and sees green tree"
+).split()
 
 
 def corpus(n=300, seed=0) -> list[str]:
@@ -426,7 +491,7 @@ def test_subword_roundtrip_and_decode_rules(trained):
         assert tok.decode(batch.astype(dtype)) == texts[:2]
     assert tok.decode(jax.numpy.asarray(batch)) == texts[:2]
     assert tok.decode([]) == ""
-    assert tok.encode("\u20ac")[-1] == UNK_ID                       # an unseen character
+    assert tok.encode("\u20ac")[-1] == UNK_ID  # an unseen character
     with pytest.raises(TypeError, match="integer"):
         tok.decode(np.array([4.0, 5.0]))
     with pytest.raises(ValueError, match="outside 0..95"):
@@ -450,7 +515,7 @@ def test_subword_training_is_deterministic(tmp_path, trained):
     again = SubwordTokenizer.train(corpus(), tmp_path / "again.model", vocab_size=96)
     assert (tmp_path / "again.model").read_bytes() == path.read_bytes()
     other = SubwordTokenizer.train(corpus(seed=5), tmp_path / "other.model", vocab_size=96)
-    assert other.model_proto != again.model_proto                 # it does depend on the texts
+    assert other.model_proto != again.model_proto  # it does depend on the texts
 
 
 def test_subword_bad_training_input(tmp_path):
@@ -471,9 +536,14 @@ def test_subword_load_refuses_corrupt_or_foreign_models(tmp_path):
     with pytest.raises(TextFormatError, match="not a sentencepiece model") as info:
         SubwordTokenizer.load(bad)
     assert info.value.path == str(bad)
-    foreign = tmp_path / "foreign.model"      # sentencepiece's defaults: unk=0, bos=1, eos=2, no pad
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus(100)), model_prefix=str(tmp_path / "foreign"),
-                                   vocab_size=60, num_threads=1, minloglevel=2)
+    foreign = tmp_path / "foreign.model"  # sentencepiece's defaults: unk=0, bos=1, eos=2, no pad
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus(100)),
+        model_prefix=str(tmp_path / "foreign"),
+        vocab_size=60,
+        num_threads=1,
+        minloglevel=2,
+    )
     with pytest.raises(TextFormatError, match="pad/bos/eos/unk ids") as info:
         SubwordTokenizer.load(foreign)
     assert info.value.path == str(foreign)
@@ -483,6 +553,7 @@ def test_subword_load_refuses_corrupt_or_foreign_models(tmp_path):
 
 
 # =========================================================================== character vocabulary
+
 
 def test_char_vocab_build_encode_decode():
     vocab = CharVocab.build(["hello world", "held"])
@@ -520,14 +591,25 @@ def test_char_vocab_save_load_roundtrip(tmp_path):
     assert data["special_ids"] == {"pad": 0, "bos": 1, "eos": 2, "unk": 3}
 
 
-@pytest.mark.parametrize("content, line, match", [
-    ('{"format": "jdlfs.text.CharVocab",\n "version": 1,\n oops}', 3, "not valid JSON"),
-    ('{"format": "something else"}', None, "not a character vocabulary"),
-    ('{"format": "jdlfs.text.CharVocab", "version": 1, "special_ids": {"pad": 1, "bos": 0, "eos": 2, "unk": 3},'
-     ' "chars": ["a"]}', None, "special ids"),
-    ('{"format": "jdlfs.text.CharVocab", "version": 1, "special_ids": {"pad": 0, "bos": 1, "eos": 2, "unk": 3},'
-     ' "chars": ["a", "ab"]}', None, "single character"),
-])
+@pytest.mark.parametrize(
+    "content, line, match",
+    [
+        ('{"format": "jdlfs.text.CharVocab",\n "version": 1,\n oops}', 3, "not valid JSON"),
+        ('{"format": "something else"}', None, "not a character vocabulary"),
+        (
+            '{"format": "jdlfs.text.CharVocab", "version": 1, "special_ids": {"pad": 1, "bos": 0, "eos": 2, "unk": 3},'
+            ' "chars": ["a"]}',
+            None,
+            "special ids",
+        ),
+        (
+            '{"format": "jdlfs.text.CharVocab", "version": 1, "special_ids": {"pad": 0, "bos": 1, "eos": 2, "unk": 3},'
+            ' "chars": ["a", "ab"]}',
+            None,
+            "single character",
+        ),
+    ],
+)
 def test_char_vocab_corrupt_file(tmp_path, content, line, match):
     path = tmp_path / "chars.json"
     path.write_text(content)
@@ -537,6 +619,7 @@ def test_char_vocab_corrupt_file(tmp_path, content, line, match):
 
 
 # =========================================================================== batching
+
 
 def test_pad_to_exact_and_dtypes():
     seqs = [[5, 6, 7], np.array([8], np.uint8), np.array([], np.int64), np.array([9, 10], np.int64)]
@@ -568,15 +651,15 @@ def test_bucket_batches_every_sequence_once_padded_in_documented_shapes(pad_id):
         shapes.add(batch.shape)
         length = batch.shape[1]
         for row, i in zip(batch, idx):
-            if i < 0:                                                   # fill row of the last partial batch
+            if i < 0:  # fill row of the last partial batch
                 assert np.all(row == pad_id)
                 continue
             seq = seqs[i]
-            assert text.bucket_of(len(seq), buckets) == length          # the smallest bucket that fits
-            np.testing.assert_array_equal(row[:len(seq)], seq)
-            assert np.all(row[len(seq):] == pad_id)
+            assert text.bucket_of(len(seq), buckets) == length  # the smallest bucket that fits
+            np.testing.assert_array_equal(row[: len(seq)], seq)
+            assert np.all(row[len(seq) :] == pad_id)
             seen.append(int(i))
-    assert sorted(seen) == list(range(len(seqs)))                      # each exactly once
+    assert sorted(seen) == list(range(len(seqs)))  # each exactly once
     assert shapes <= {(8, b) for b in buckets} and len(shapes) == len(buckets)
 
 
@@ -590,7 +673,7 @@ def test_bucket_batches_shuffling_is_keyed():
     assert order(jax.random.key(3)) != order(jax.random.key(4))
     plain = [i for batch in order(None) for i in batch if i >= 0]
     by_bucket = sorted(range(100), key=lambda i: (text.bucket_of(len(seqs[i])), i))
-    assert plain == by_bucket                                          # no key: stored order within buckets
+    assert plain == by_bucket  # no key: stored order within buckets
 
 
 def test_bucket_batches_parallel_fields_share_length():
@@ -602,8 +685,8 @@ def test_bucket_batches_parallel_fields_share_length():
         for r, i in enumerate(idx):
             if i >= 0:
                 assert s.shape[1] == text.bucket_of(max(len(src[i]), len(tgt[i])), (16, 32, 64))
-                np.testing.assert_array_equal(s[r, :len(src[i])], src[i])
-                np.testing.assert_array_equal(t[r, :len(tgt[i])], tgt[i])
+                np.testing.assert_array_equal(s[r, : len(src[i])], src[i])
+                np.testing.assert_array_equal(t[r, : len(tgt[i])], tgt[i])
                 seen += 1
     assert seen == 50
     with pytest.raises(ValueError, match="different numbers of examples"):
@@ -637,18 +720,18 @@ def test_lm_windows_targets_shift_and_windows_continue():
     b, kk, t = np.meshgrid(np.arange(4), np.arange(k), np.arange(7))
     np.testing.assert_array_equal(inputs[kk, b, t], b * k * 7 + kk * 7 + t)
     np.testing.assert_array_equal(targets, inputs + 1)
-    np.testing.assert_array_equal(inputs[1:, :, 0], inputs[:-1, :, -1] + 1)   # window k+1 continues window k
+    np.testing.assert_array_equal(inputs[1:, :, 0], inputs[:-1, :, -1] + 1)  # window k+1 continues window k
 
     rng = np.random.default_rng(0)
     stream = rng.integers(0, 90, size=5000).astype(np.uint8)
     inputs, targets = lm_windows(stream, 8, 32)
     k = inputs.shape[0]
     for row in range(8):
-        flat_in = inputs[:, row, :].reshape(-1)                           # the stream, window after window
+        flat_in = inputs[:, row, :].reshape(-1)  # the stream, window after window
         flat_tg = targets[:, row, :].reshape(-1)
         start = row * k * 32
-        np.testing.assert_array_equal(flat_in, stream[start:start + k * 32])
-        np.testing.assert_array_equal(flat_tg, stream[start + 1:start + k * 32 + 1])
+        np.testing.assert_array_equal(flat_in, stream[start : start + k * 32])
+        np.testing.assert_array_equal(flat_tg, stream[start + 1 : start + k * 32 + 1])
 
 
 def test_lm_windows_refuses_bad_input():
@@ -662,6 +745,7 @@ def test_lm_windows_refuses_bad_input():
 
 # =========================================================================== the real corpora
 
+
 def _real_dir(sub: str) -> Path:
     if REAL_DATA_DIR is None or not (Path(REAL_DATA_DIR) / sub).is_dir():
         pytest.skip(f"real corpus {sub}/ not found ($JDLFS_DATA_DIR or ../shared/data)")
@@ -673,10 +757,10 @@ def test_real_reuters_counts():
     docs = text.load_reuters(root)
     assert len(docs) == text.REUTERS_DOCUMENTS == 21578
     counts = {s: sum(d.split == s for d in docs) for s in text.LEWIS_SPLITS}
-    assert counts == {"train": 14668, "test": 6188, "not-used": 722}       # LEWISSPLIT, as in the distribution
+    assert counts == {"train": 14668, "test": 6188, "not-used": 722}  # LEWISSPLIT, as in the distribution
     modapte = {s: sum(d.modapte_split == s for d in docs) for s in ("train", "test")}
-    assert modapte == {"train": 9603, "test": 3299}                         # the standard ModApte sizes
-    assert sum(d.has_title_and_body for d in docs) == 19043                 # the data README's count
+    assert modapte == {"train": 9603, "test": 3299}  # the standard ModApte sizes
+    assert sum(d.has_title_and_body for d in docs) == 19043  # the data README's count
     assert not any(d.body.lower().endswith(("reuter", "reuter...")) for d in docs)
     controls = re.compile(r"[\x00-\x1f\x7f-\x9f]")
     assert not any(controls.search(d.title + d.body) for d in docs)

@@ -22,7 +22,7 @@ from jdlfs import models, train
 
 def blobs(n, seed=0, classes=3):
     """Gaussian blobs in 8-D: an easy, real learning problem."""
-    centers = np.random.default_rng(123).normal(size=(classes, 8)) * 3     # fixed across splits
+    centers = np.random.default_rng(123).normal(size=(classes, 8)) * 3  # fixed across splits
     rng = np.random.default_rng(seed)
     y = rng.integers(0, classes, n).astype(np.int32)
     x = (centers[y] + rng.normal(size=(n, 8))).astype(np.float32)
@@ -32,9 +32,20 @@ def blobs(n, seed=0, classes=3):
 def _fit(epochs, key=1, checkpoint=None, model=None, data=None, optimizer=None, **kw):
     model = model or models.mlp((8, 32, 3))
     params, state = model.init(jax.random.key(0), (1, 8))
-    return train.fit(model, params, state, optimizer or optax.sgd(0.05, momentum=0.9), data or blobs(512),
-                     epochs=epochs, batch_size=32, key=jax.random.key(key), test_data=blobs(256, 1),
-                     progress=False, checkpoint=checkpoint, **kw)
+    return train.fit(
+        model,
+        params,
+        state,
+        optimizer or optax.sgd(0.05, momentum=0.9),
+        data or blobs(512),
+        epochs=epochs,
+        batch_size=32,
+        key=jax.random.key(key),
+        test_data=blobs(256, 1),
+        progress=False,
+        checkpoint=checkpoint,
+        **kw,
+    )
 
 
 def _leaves_equal(a, b):
@@ -48,8 +59,17 @@ def test_fit_learns_and_records_history():
     assert len(r.history) == 4
     assert r.history[-1]["train_loss"] < r.history[0]["train_loss"]
     assert r.history[-1]["test_accuracy"] > 0.95
-    assert set(r.history[0]) >= {"epoch", "step", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
-                                 "train_seconds", "train_examples_per_second", "test_seconds"}
+    assert set(r.history[0]) >= {
+        "epoch",
+        "step",
+        "train_loss",
+        "train_accuracy",
+        "test_loss",
+        "test_accuracy",
+        "train_seconds",
+        "train_examples_per_second",
+        "test_seconds",
+    }
     assert [h["step"] for h in r.history] == [16, 32, 48, 64]
     assert r.test_metrics["confusion"].sum() == 256 and int(r.train_state.step) == 64
 
@@ -64,9 +84,10 @@ def test_fit_does_not_consume_the_callers_arrays():
     model = models.mlp((8, 32, 3))
     params, state = model.init(jax.random.key(0), (1, 8))
     before = jax.tree.map(np.asarray, params)
-    train.fit(model, params, state, optax.sgd(0.1), blobs(64), epochs=1, batch_size=32, key=jax.random.key(0),
-              progress=False)
-    chex.assert_trees_all_equal(jax.tree.map(np.asarray, params), before)   # still alive, unchanged
+    train.fit(
+        model, params, state, optax.sgd(0.1), blobs(64), epochs=1, batch_size=32, key=jax.random.key(0), progress=False
+    )
+    chex.assert_trees_all_equal(jax.tree.map(np.asarray, params), before)  # still alive, unchanged
 
 
 def test_training_metrics_are_exact_sums():
@@ -76,13 +97,14 @@ def test_training_metrics_are_exact_sums():
     x, y = blobs(96)
     task = train.classification(model)
     opt = optax.sgd(0.1)
-    r = train.fit(task, params, state, opt, (x, y), epochs=1, batch_size=32, key=jax.random.key(5),
-                  progress=False, shuffle=False)
+    r = train.fit(
+        task, params, state, opt, (x, y), epochs=1, batch_size=32, key=jax.random.key(5), progress=False, shuffle=False
+    )
     ts, losses, correct = train.init_train_state(params, state, opt), [], 0
     step = jax.jit(train.make_train_step(task.objective, opt))
     shuffle_key, step_key = jax.random.split(jax.random.fold_in(jax.random.key(5), 0))
     for i in range(3):
-        batch = (x[32 * i:32 * (i + 1)], y[32 * i:32 * (i + 1)])
+        batch = (x[32 * i : 32 * (i + 1)], y[32 * i : 32 * (i + 1)])
         ts, m = step(ts, batch, jax.random.fold_in(step_key, i))
         losses.append(float(m["loss"]) / 32)
         correct += float(m["accuracy"])
@@ -108,8 +130,19 @@ def test_custom_objective_without_labels_trains():
         per = jnp.mean((out - batch) ** 2, axis=-1)
         return {"loss": jnp.sum(weights * per), "count": jnp.sum(weights)}
 
-    r = train.fit(objective, params, state, optax.adam(1e-2), x, epochs=5, batch_size=32, key=jax.random.key(1),
-                  test_data=x[:100], eval_fn=eval_fn, progress=False)
+    r = train.fit(
+        objective,
+        params,
+        state,
+        optax.adam(1e-2),
+        x,
+        epochs=5,
+        batch_size=32,
+        key=jax.random.key(1),
+        test_data=x[:100],
+        eval_fn=eval_fn,
+        progress=False,
+    )
     assert r.history[-1]["train_loss"] < 0.5 * r.history[0]["train_loss"]
     out, _ = model.apply(r.params, r.state, x[:100])
     assert r.test_metrics["loss"] == pytest.approx(float(jnp.mean((out - x[:100]) ** 2)), rel=1e-5)
@@ -124,7 +157,7 @@ def test_sequence_objective_masks_padding_and_reports_bits():
         return F.embedding(params["table"], ids), state
 
     ids = jax.random.randint(jax.random.key(1), (5, 6), 1, vocab)
-    labels = jnp.roll(ids, -1, axis=1).at[:, -2:].set(pad)                 # 2 padded positions per row
+    labels = jnp.roll(ids, -1, axis=1).at[:, -2:].set(pad)  # 2 padded positions per row
     task = train.sequence(apply, pad_id=pad)
     loss, (_, m) = task.objective({"table": table}, {}, (ids, labels), jax.random.key(2))
     logits = table[ids]
@@ -138,7 +171,7 @@ def test_sequence_objective_masks_padding_and_reports_bits():
     assert s["accuracy"] == pytest.approx(float(jnp.sum((jnp.argmax(logits, -1) == labels) * real)) / 20)
     # evaluation with padded examples (weight 0) ignores them entirely
     full = train.evaluate(task.evaluate, {"table": table}, {}, (ids, labels), batch_size=5)
-    split = train.evaluate(task.evaluate, {"table": table}, {}, (ids, labels), batch_size=3)   # 3 + 2 (+1 pad)
+    split = train.evaluate(task.evaluate, {"table": table}, {}, (ids, labels), batch_size=3)  # 3 + 2 (+1 pad)
     assert full["count"] == split["count"] == 20
     assert split["loss"] == pytest.approx(full["loss"], rel=1e-6) and full["loss"] == pytest.approx(expected, rel=1e-5)
 
@@ -161,8 +194,7 @@ def test_frozen_parameters_stay_bit_identical():
     params, state = model.init(jax.random.key(0), (1, 8))
     labels = {name: ("train" if name == "fc2" else "frozen") for name in params}
     opt = optax.multi_transform({"train": optax.sgd(0.1), "frozen": optax.set_to_zero()}, labels)
-    r = train.fit(model, params, state, opt, blobs(256), epochs=2, batch_size=32, key=jax.random.key(0),
-                  progress=False)
+    r = train.fit(model, params, state, opt, blobs(256), epochs=2, batch_size=32, key=jax.random.key(0), progress=False)
     chex.assert_trees_all_equal(jax.tree.map(np.asarray, r.params["fc1"]), jax.tree.map(np.asarray, params["fc1"]))
     assert not np.array_equal(r.params["fc2"]["w"], params["fc2"]["w"])
 
@@ -195,9 +227,18 @@ def test_low_precision_training_keeps_float32_statistics(dtype):
     y = (x.mean((1, 2, 3)) > 127).astype(np.uint8)
     task = train.classification(model, preprocess=lambda b: (b / 255.0).astype(dtype))
     # SGD: Adam's eps=1e-8 underflows to 0 in float16 (optax keeps the moments in the params' dtype)
-    r = train.fit(task, params, state, optax.sgd(0.1, momentum=0.9), (x, y), epochs=3, batch_size=32,
-                  key=jax.random.key(1),
-                  test_data=(x, y), progress=False)
+    r = train.fit(
+        task,
+        params,
+        state,
+        optax.sgd(0.1, momentum=0.9),
+        (x, y),
+        epochs=3,
+        batch_size=32,
+        key=jax.random.key(1),
+        test_data=(x, y),
+        progress=False,
+    )
     assert all(leaf.dtype == dtype for leaf in jax.tree.leaves(r.params))
     assert r.state["batchnorm1"]["var"].dtype == jnp.float32
     assert np.isfinite(r.history[-1]["train_loss"]) and r.history[-1]["train_loss"] < r.history[0]["train_loss"]
@@ -207,7 +248,7 @@ def test_low_precision_training_keeps_float32_statistics(dtype):
 def test_evaluate_counts_every_example_and_builds_confusion():
     model = models.mlp((8, 16, 3))
     params, state = model.init(jax.random.key(0), (1, 8))
-    x, y = blobs(1037)                                   # not a multiple of the batch size
+    x, y = blobs(1037)  # not a multiple of the batch size
     ev = train.make_evaluate(model, num_classes=3, batch_size=100)(params, state, x, y)
     logits, _ = model.apply(params, state, jnp.asarray(x))
     pred = np.asarray(jnp.argmax(logits, -1))
@@ -229,17 +270,30 @@ def test_evaluate_any_integer_label_dtype(dtype):
 
 
 # ---------------------------------------------------------------- user errors
-@pytest.mark.parametrize("labels, message", [
-    (np.array([0, 1, -1, 2]), r"test_data has 1 labels outside \[0, 3\)"),
-    (np.array([0, 1, 3, 2]), r"test_data has 1 labels outside \[0, 3\)"),
-])
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (np.array([0, 1, -1, 2]), r"test_data has 1 labels outside \[0, 3\)"),
+        (np.array([0, 1, 3, 2]), r"test_data has 1 labels outside \[0, 3\)"),
+    ],
+)
 def test_out_of_range_test_labels_are_refused(labels, message):
     model = models.mlp((8, 16, 3))
     params, state = model.init(jax.random.key(0), (1, 8))
     task = train.classification(model, num_classes=3)
     with pytest.raises(ValueError, match=message):
-        train.fit(task, params, state, optax.sgd(0.1), blobs(64), epochs=1, batch_size=32,
-                  key=jax.random.key(0), test_data=(np.zeros((4, 8), np.float32), labels), progress=False)
+        train.fit(
+            task,
+            params,
+            state,
+            optax.sgd(0.1),
+            blobs(64),
+            epochs=1,
+            batch_size=32,
+            key=jax.random.key(0),
+            test_data=(np.zeros((4, 8), np.float32), labels),
+            progress=False,
+        )
 
 
 def test_user_errors_are_clear():
@@ -276,7 +330,7 @@ def test_fit_epoch_is_not_much_slower_than_a_bare_loop_for_a_conv_model():
     y = rng.integers(0, 10, steps * b).astype(np.int32)
     task, opt = train.classification(model), optax.sgd(0.01)
     step = jax.jit(train.make_train_step(task.objective, opt), donate_argnums=0)
-    batches = [(jnp.asarray(x[i * b:(i + 1) * b]), jnp.asarray(y[i * b:(i + 1) * b])) for i in range(steps)]
+    batches = [(jnp.asarray(x[i * b : (i + 1) * b]), jnp.asarray(y[i * b : (i + 1) * b])) for i in range(steps)]
 
     def bare():
         ts = jax.tree.map(jnp.copy, train.init_train_state(params, state, opt))
@@ -287,8 +341,7 @@ def test_fit_epoch_is_not_much_slower_than_a_bare_loop_for_a_conv_model():
         return time.perf_counter() - t0
 
     def fitted():
-        r = train.fit(task, params, state, opt, (x, y), epochs=2, batch_size=b, key=jax.random.key(0),
-                      progress=False)
+        r = train.fit(task, params, state, opt, (x, y), epochs=2, batch_size=b, key=jax.random.key(0), progress=False)
         return r.history[-1]["train_seconds"]
 
     bare(), fitted()
@@ -335,8 +388,13 @@ _MULTI = textwrap.dedent("""
 
 
 def test_eight_devices_train_like_one():
-    proc = subprocess.run([sys.executable, "-c", _MULTI], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    proc = subprocess.run(
+        [sys.executable, "-c", _MULTI],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     for name in ("mlp", "cifar_cnn_bn"):
@@ -352,8 +410,8 @@ def test_checkpoint_resume_is_exact(tmp_path):
     model = L.serial(L.Linear(32), L.BatchNorm(), L.Relu(), L.Dropout(0.3), L.Linear(3))
     straight = _fit(3, model=model, eval_every=8)
     ckpt = tmp_path / "ckpt"
-    _fit(2, model=model, checkpoint=ckpt, eval_every=8)              # "interrupted" after 2 epochs
-    resumed = _fit(3, model=model, checkpoint=ckpt, eval_every=8)    # picks up at epoch 3
+    _fit(2, model=model, checkpoint=ckpt, eval_every=8)  # "interrupted" after 2 epochs
+    resumed = _fit(3, model=model, checkpoint=ckpt, eval_every=8)  # picks up at epoch 3
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
     _leaves_equal((straight.params, straight.state), (resumed.params, resumed.state))
     assert int(resumed.train_state.step) == 3 * (512 // 32)
@@ -365,13 +423,13 @@ def test_checkpoint_resume_is_exact(tmp_path):
 def test_resume_refuses_another_optimizer_model_or_key(tmp_path):
     ckpt = tmp_path / "ckpt"
     _fit(1, checkpoint=ckpt)
-    with pytest.raises(ValueError, match=str(ckpt)):                 # adam's state is not sgd-momentum's
+    with pytest.raises(ValueError, match=str(ckpt)):  # adam's state is not sgd-momentum's
         _fit(2, checkpoint=ckpt, optimizer=optax.adam(1e-3))
     with pytest.raises(ValueError, match=str(ckpt)):
         _fit(2, checkpoint=ckpt, model=models.mlp((8, 16, 3)))
     with pytest.raises(ValueError, match="key"):
         _fit(2, checkpoint=ckpt, key=7)
-    assert len(_fit(2, checkpoint=ckpt).history) == 2                # the matching run still resumes
+    assert len(_fit(2, checkpoint=ckpt).history) == 2  # the matching run still resumes
 
 
 def test_resume_from_a_corrupted_checkpoint_names_the_file(tmp_path):
@@ -410,12 +468,12 @@ def test_a_damaged_or_foreign_checkpoint_is_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match="ckpt"):
         _fit(3, checkpoint=ckpt)
     pickle_path = tmp_path / "old.pkl"
-    pickle_path.write_bytes(b"\x80\x04K\x01.")                        # a pickle where a checkpoint should be
+    pickle_path.write_bytes(b"\x80\x04K\x01.")  # a pickle where a checkpoint should be
     with pytest.raises(ValueError, match="old.pkl"):
         _fit(1, checkpoint=pickle_path)
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert len(_fit(1, checkpoint=empty).history) == 1                 # an empty directory is a fresh start
+    assert len(_fit(1, checkpoint=empty).history) == 1  # an empty directory is a fresh start
 
 
 def test_resume_refuses_fewer_epochs_than_the_checkpoint(tmp_path):
@@ -433,7 +491,7 @@ def test_save_and_load_checkpoint_helpers(tmp_path):
     back, epoch, history = train.load_checkpoint(tmp_path / "c", ts)
     assert epoch == 3 and history == [{"epoch": 3}]
     chex.assert_trees_all_equal(jax.tree.map(np.asarray, back), jax.tree.map(np.asarray, ts))
-    with pytest.raises(ValueError, match="holds 14 arrays, the model has 5"):   # adam's state is not sgd's
+    with pytest.raises(ValueError, match="holds 14 arrays, the model has 5"):  # adam's state is not sgd's
         train.load_checkpoint(tmp_path / "c", train.init_train_state(params, state, optax.sgd(0.1)))
 
 
@@ -444,11 +502,14 @@ def test_make_scan_steps_matches_the_loop():
     task, opt = train.classification(model), optax.sgd(0.1)
     step = train.make_train_step(task.objective, opt)
     run = train.make_scan_steps(step)
-    ts, metrics = run(train.init_train_state(params, state, opt), (x.reshape(3, 32, 8), y.reshape(3, 32)),
-                      jax.random.key(1))
+    ts, metrics = run(
+        train.init_train_state(params, state, opt), (x.reshape(3, 32, 8), y.reshape(3, 32)), jax.random.key(1)
+    )
     ref = train.init_train_state(params, state, opt)
     for i in range(3):
-        ref, _ = step(ref, (x[32 * i:32 * (i + 1)], y[32 * i:32 * (i + 1)]), jax.random.fold_in(jax.random.key(1), i))
+        ref, _ = step(
+            ref, (x[32 * i : 32 * (i + 1)], y[32 * i : 32 * (i + 1)]), jax.random.fold_in(jax.random.key(1), i)
+        )
     chex.assert_trees_all_close(ts.params, ref.params, rtol=1e-6)
     assert metrics["count"].shape == (3,)
 
@@ -459,16 +520,28 @@ def test_objective_mistakes_get_clear_messages():
     x, y = blobs(64)
     common = dict(epochs=1, batch_size=32, key=jax.random.key(0), progress=False)
     with pytest.raises(ValueError, match="'count'"):
-        train.fit(lambda p, s, b, k: (jnp.float32(0), (s, {"loss": jnp.float32(0)})), params, state,
-                  optax.sgd(0.1), (x, y), **common)
+        train.fit(
+            lambda p, s, b, k: (jnp.float32(0), (s, {"loss": jnp.float32(0)})),
+            params,
+            state,
+            optax.sgd(0.1),
+            (x, y),
+            **common,
+        )
     with pytest.raises(TypeError, match=r"must return \(loss, \(new_state, metrics\)\)"):
         train.fit(lambda p, s, b, k: jnp.float32(0), params, state, optax.sgd(0.1), (x, y), **common)
     with pytest.raises(TypeError, match="train.classification"):
         train.fit(model.apply, params, state, optax.sgd(0.1), (x, y), **common)
     with pytest.raises(TypeError, match="key must be a single PRNG key"):
         train.fit(model, params, state, optax.sgd(0.1), (x, y), epochs=1, batch_size=32, key=0, progress=False)
-    ok = train.fit(lambda p, s, b, k: (jnp.float32(0) * p["fc1"]["w"].sum(), (s, {"count": 4})), params, state,
-                   optax.sgd(0.1), (x, y), **common)              # a Python int count is fine
+    ok = train.fit(
+        lambda p, s, b, k: (jnp.float32(0) * p["fc1"]["w"].sum(), (s, {"count": 4})),
+        params,
+        state,
+        optax.sgd(0.1),
+        (x, y),
+        **common,
+    )  # a Python int count is fine
     assert ok.history[0]["step"] == 2
 
 
@@ -479,3 +552,11 @@ def test_sequence_labels_are_range_checked_except_padding():
         task.check((np.zeros((2, 3), np.int32), np.array([[1, 7, 0], [0, 0, 2]])), "train_data")
     with pytest.raises(ValueError, match="labels outside"):
         train.sequence(lambda *a, **k: None).check((None, np.array([[1, -1]])), "test_data")
+
+
+def test_resume_refuses_an_optimizer_with_the_same_leaves_but_another_structure(tmp_path):
+    """adam and adamw keep the same arrays; only the state's tree nodes differ."""
+    ckpt = tmp_path / "ckpt"
+    _fit(1, checkpoint=ckpt, optimizer=optax.adam(1e-3))
+    with pytest.raises(ValueError, match="optimizer_state"):
+        _fit(2, checkpoint=ckpt, optimizer=optax.adamw(1e-3))

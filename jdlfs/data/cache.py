@@ -115,8 +115,11 @@ def read_cache(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray] | 
                 f"unexpected arrays images {images.dtype}{images.shape}, labels {labels.dtype}{labels.shape}"
             )
     except Exception as e:  # zipfile/np.load raise many types on a corrupt file
-        warnings.warn(f"ignoring unreadable cache file {path} ({type(e).__name__}: {e}); rebuilding it",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"ignoring unreadable cache file {path} ({type(e).__name__}: {e}); rebuilding it",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return None
     return images, labels
 

@@ -198,17 +198,13 @@ def parse_cifar_python(data: bytes, source: str | os.PathLike[str]) -> tuple[np.
     raw = get("data")
     flat = np.asarray(raw)
     if flat.dtype != np.uint8 or flat.ndim != 2 or flat.shape[1] != _PIXELS:
-        raise DataFormatError(
-            source, f"b'data' is {flat.dtype} {flat.shape}, expected uint8 (N, {_PIXELS})"
-        )
+        raise DataFormatError(source, f"b'data' is {flat.dtype} {flat.shape}, expected uint8 (N, {_PIXELS})")
     try:
         labels = np.asarray(get("labels"), dtype=np.int64)
     except (TypeError, ValueError) as e:
         raise DataFormatError(source, f"b'labels' is not a list of integers ({e})") from e
     if labels.shape != (flat.shape[0],):
-        raise DataFormatError(
-            source, f"{labels.size} labels for {flat.shape[0]} images (label/image count mismatch)"
-        )
+        raise DataFormatError(source, f"{labels.size} labels for {flat.shape[0]} images (label/image count mismatch)")
     return _chw_to_nhwc(flat), _check_labels(labels, source)
 
 
@@ -224,9 +220,7 @@ def read_cifar_python(paths: Sequence[str | os.PathLike[str]]) -> tuple[np.ndarr
     return _concat(parts)
 
 
-def read_cifar_tar(
-    tar_path: str | os.PathLike[str], split: str, *, kind: str
-) -> tuple[np.ndarray, np.ndarray]:
+def read_cifar_tar(tar_path: str | os.PathLike[str], split: str, *, kind: str) -> tuple[np.ndarray, np.ndarray]:
     """Read one split straight from an original CIFAR-10 tarball.
 
     Args:

@@ -55,8 +55,7 @@ def _read_bytes(path: Path) -> bytes:
         if path.suffix == ".gz":
             raise DataFormatError(
                 path,
-                f"name ends in .gz but the file is not gzip data "
-                f"(starts with {raw[:2]!r}, expected {_GZIP_MAGIC!r})",
+                f"name ends in .gz but the file is not gzip data (starts with {raw[:2]!r}, expected {_GZIP_MAGIC!r})",
             )
         return raw
     try:
@@ -90,16 +89,12 @@ def read_idx(path: str | os.PathLike[str], *, expected_magic: int | None = None)
         raise DataFormatError(path, f"only {len(data)} bytes, too short for an IDX header")
     magic = int.from_bytes(data[:4], "big")
     if expected_magic is not None and magic != expected_magic:
-        raise DataFormatError(
-            path, f"bad magic number 0x{magic:08X}, expected 0x{expected_magic:08X}"
-        )
+        raise DataFormatError(path, f"bad magic number 0x{magic:08X}, expected 0x{expected_magic:08X}")
     if data[0] != 0 or data[1] != 0:
         raise DataFormatError(path, f"bad magic number 0x{magic:08X}: IDX files start with two zero bytes")
     type_code, ndim = data[2], data[3]
     if type_code not in _IDX_DTYPES:
-        raise DataFormatError(
-            path, f"bad magic number 0x{magic:08X}: unknown IDX element type 0x{type_code:02X}"
-        )
+        raise DataFormatError(path, f"bad magic number 0x{magic:08X}: unknown IDX element type 0x{type_code:02X}")
     header_len = 4 + 4 * ndim
     if len(data) < header_len:
         raise DataFormatError(

@@ -109,9 +109,7 @@ def _listing(
         files.extend(names)
         labels.extend([label] * len(names))
     if not files:
-        raise DataFormatError(
-            source, f"no {'/'.join(IMAGE_EXTENSIONS)} images under {prefix}{split}/<class>/"
-        )
+        raise DataFormatError(source, f"no {'/'.join(IMAGE_EXTENSIONS)} images under {prefix}{split}/<class>/")
     return ImageFolderListing(classes, tuple(files), np.asarray(labels, dtype=np.int32), prefix)
 
 
@@ -139,9 +137,7 @@ def list_image_folder(
         for cls_dir in split_dir.iterdir():
             if cls_dir.is_dir() and not cls_dir.name.startswith("."):
                 tree[s][cls_dir.name] = [
-                    f"{s}/{cls_dir.name}/{f.name}"
-                    for f in cls_dir.iterdir()
-                    if _is_image_name(f.name) and f.is_file()
+                    f"{s}/{cls_dir.name}/{f.name}" for f in cls_dir.iterdir() if _is_image_name(f.name) and f.is_file()
                 ]
     return _listing(tree, split, class_order, root)
 
@@ -209,9 +205,7 @@ def decode_image(data: bytes, source: str, size: tuple[int, int]) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as im:
             if (im.height, im.width) != tuple(size):
-                raise DataFormatError(
-                    source, f"image is {im.height}x{im.width} (HxW), expected {size[0]}x{size[1]}"
-                )
+                raise DataFormatError(source, f"image is {im.height}x{im.width} (HxW), expected {size[0]}x{size[1]}")
             if im.mode != "RGB":
                 im = im.convert("RGB")
             return np.asarray(im)

@@ -85,9 +85,7 @@ def load(
                 _check_arrays(*cached, name, str(path))
                 return cached
             except DataFormatError as e:  # wrong shapes: as good as no entry, rebuild it
-                warnings.warn(
-                    f"ignoring cache file with unexpected contents: {e}", RuntimeWarning, stacklevel=2
-                )
+                warnings.warn(f"ignoring cache file with unexpected contents: {e}", RuntimeWarning, stacklevel=2)
         source = sources.complete_source(candidate, looked)
         if source is None:  # a zip without the image-folder layout: keep looking
             continue

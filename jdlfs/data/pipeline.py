@@ -251,8 +251,6 @@ def train_val_split(
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     n_val = int(round(n * val_fraction))
     if n_val == 0 or n_val == n:
-        raise ValueError(
-            f"val_fraction={val_fraction} of {n} examples leaves an empty train or validation set"
-        )
+        raise ValueError(f"val_fraction={val_fraction} of {n} examples leaves an empty train or validation set")
     x, y = shuffle(key, images, labels)
     return (x[n_val:], y[n_val:]), (x[:n_val], y[:n_val])

@@ -100,25 +100,26 @@ _MNIST_URLS = (
 
 #: The datasets :func:`jdlfs.data.load` knows, by name.
 DATASETS: dict[str, DatasetInfo] = {
-    "mnist": DatasetInfo(
-        "mnist", (28, 28, 1), tuple(str(d) for d in range(10)), ("mnist",), _MNIST_URLS
-    ),
+    "mnist": DatasetInfo("mnist", (28, 28, 1), tuple(str(d) for d in range(10)), ("mnist",), _MNIST_URLS),
     "fashion_mnist": DatasetInfo(
         "fashion_mnist",
         (28, 28, 1),
-        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
         ("fashion_mnist", "fashion-mnist"),
-        ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-         "https://github.com/zalandoresearch/fashion-mnist (data/fashion/)"),
+        (
+            "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+            "https://github.com/zalandoresearch/fashion-mnist (data/fashion/)",
+        ),
     ),
     "cifar10": DatasetInfo(
         "cifar10",
         (32, 32, 3),
         cifar.CIFAR10_CLASSES,
         ("cifar10", "cifar-10"),
-        ("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
-         "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"),
+        (
+            "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
+            "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        ),
     ),
 }
 
@@ -224,9 +225,7 @@ def _cifar_candidates(name: str, split: str, d: Path, is_base: bool, notes: list
         yield Source(name, split, IMAGE_ZIP, (z,))  # listed lazily, see complete_source
 
 
-def iter_sources(
-    name: str, split: str, data_dir: str | os.PathLike[str] | None, looked: list[str]
-) -> Iterator[Source]:
+def iter_sources(name: str, split: str, data_dir: str | os.PathLike[str] | None, looked: list[str]) -> Iterator[Source]:
     """Yield the candidate sources for ``split`` of ``name``, best first.
 
     Every candidate but an image zip is complete: its files exist. Image zips
@@ -276,9 +275,7 @@ def complete_source(source: Source, looked: list[str] | None = None) -> Source |
     return dataclasses.replace(source, listing=listing)
 
 
-def find_source(
-    name: str, split: str, data_dir: str | os.PathLike[str] | None
-) -> tuple[Source | None, list[str]]:
+def find_source(name: str, split: str, data_dir: str | os.PathLike[str] | None) -> tuple[Source | None, list[str]]:
     """Find ``split`` of dataset ``name`` on disk.
 
     Returns:
@@ -447,12 +444,17 @@ def load_from_tfds(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
             ) from None
         image_key, label_key = builder.info.supervised_keys
         examples = list(source)
-    images = np.stack([np.asarray(ex[image_key]) for ex in examples]) if examples else np.zeros(
-        (0, *info.image_shape), np.uint8)
+    images = (
+        np.stack([np.asarray(ex[image_key]) for ex in examples])
+        if examples
+        else np.zeros((0, *info.image_shape), np.uint8)
+    )
     labels = np.asarray([ex[label_key] for ex in examples], dtype=np.int64)
     if labels.size and (labels.min() < 0 or labels.max() >= info.num_classes):
-        raise DataFormatError(f"tensorflow-datasets {name}/{split} in {builder.data_dir}",
-                              f"labels span {labels.min()}..{labels.max()}, expected 0..{info.num_classes - 1}")
+        raise DataFormatError(
+            f"tensorflow-datasets {name}/{split} in {builder.data_dir}",
+            f"labels span {labels.min()}..{labels.max()}, expected 0..{info.num_classes - 1}",
+        )
     return images, labels.astype(np.int32)
 
 
@@ -503,8 +505,7 @@ def not_found_error(
     hints = []
     if name == "fashion_mnist":
         hints.append(
-            "On Debian/Ubuntu, `apt-get install dataset-fashion-mnist` installs them in "
-            f"{SYSTEM_FASHION_MNIST_DIR}."
+            f"On Debian/Ubuntu, `apt-get install dataset-fashion-mnist` installs them in {SYSTEM_FASHION_MNIST_DIR}."
         )
     hints += [f"A copy is in {root}: use <dir> = {root}." for root in _known_copies(name, data_dir)]
     return DatasetNotFoundError(

@@ -23,8 +23,9 @@ from .._checks import static_pair
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
 
-def resolve_padding(padding, in_hw: tuple[int, int], window: tuple[int, int],
-                    stride: tuple[int, int], *, name: str = "padding") -> Pads:
+def resolve_padding(
+    padding, in_hw: tuple[int, int], window: tuple[int, int], stride: tuple[int, int], *, name: str = "padding"
+) -> Pads:
     """Normalise ``padding`` to ``((top, bottom), (left, right))``.
 
     * ``"VALID"``: no padding.
@@ -45,8 +46,7 @@ def resolve_padding(padding, in_hw: tuple[int, int], window: tuple[int, int],
                 total = max((out - 1) * s + k - n, 0)
                 pads.append((total // 2, total - total // 2))
             return tuple(pads)  # type: ignore[return-value]
-        raise ValueError(f"{name} must be 'SAME', 'VALID', an int or ((top, bottom), (left, right)), "
-                         f"got {padding!r}")
+        raise ValueError(f"{name} must be 'SAME', 'VALID', an int or ((top, bottom), (left, right)), got {padding!r}")
     if isinstance(padding, int) and not isinstance(padding, bool):
         if padding < 0:
             raise ValueError(f"{name} must be non-negative, got {padding}")
@@ -55,8 +55,9 @@ def resolve_padding(padding, in_hw: tuple[int, int], window: tuple[int, int],
         (t, b), (l, r) = padding
         pads = ((int(t), int(b)), (int(l), int(r)))
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be 'SAME', 'VALID', an int or ((top, bottom), (left, right)), "
-                         f"got {padding!r}") from None
+        raise ValueError(
+            f"{name} must be 'SAME', 'VALID', an int or ((top, bottom), (left, right)), got {padding!r}"
+        ) from None
     if min(pads[0] + pads[1]) < 0:
         raise ValueError(f"{name} must be non-negative, got {padding!r}")
     return pads
@@ -69,7 +70,8 @@ def output_hw(in_hw, window, stride, pads: Pads, *, what: str = "input") -> tupl
         if n + lo + hi < k:
             raise ValueError(
                 f"window {tuple(window)} does not fit the padded {what} of spatial size "
-                f"{tuple(in_hw)} with padding {pads}")
+                f"{tuple(in_hw)} with padding {pads}"
+            )
         out.append((n + lo + hi - k) // s + 1)
     return tuple(out)  # type: ignore[return-value]
 
@@ -93,7 +95,7 @@ def pad_hw(x, pads: Pads, value=0.0):
 def crop_hw(xpad, pads: Pads, in_hw):
     """Inverse of :func:`pad_hw` on the spatial axes (drop the padding)."""
     (t, _), (l, _) = pads
-    return xpad[:, t:t + in_hw[0], l:l + in_hw[1], :]
+    return xpad[:, t : t + in_hw[0], l : l + in_hw[1], :]
 
 
 def window_views(xpad, window, stride, out_hw):
@@ -101,10 +103,15 @@ def window_views(xpad, window, stride, out_hw):
     (kh, kw), (sh, sw), (ho, wo) = window, stride, out_hw
     for a in range(kh):
         for b in range(kw):
-            yield (a, b), lax.slice(
-                xpad, (0, a, b, 0),
-                (xpad.shape[0], a + sh * (ho - 1) + 1, b + sw * (wo - 1) + 1, xpad.shape[3]),
-                (1, sh, sw, 1))
+            yield (
+                (a, b),
+                lax.slice(
+                    xpad,
+                    (0, a, b, 0),
+                    (xpad.shape[0], a + sh * (ho - 1) + 1, b + sw * (wo - 1) + 1, xpad.shape[3]),
+                    (1, sh, sw, 1),
+                ),
+            )
 
 
 def place_view(v, offset, stride, padded_hw):
@@ -113,8 +120,5 @@ def place_view(v, offset, stride, padded_hw):
     (a, b), (sh, sw) = offset, stride
     ho, wo = v.shape[1], v.shape[2]
     hp, wp = padded_hw
-    cfg = ((0, 0, 0),
-           (a, hp - a - (sh * (ho - 1) + 1), sh - 1),
-           (b, wp - b - (sw * (wo - 1) + 1), sw - 1),
-           (0, 0, 0))
+    cfg = ((0, 0, 0), (a, hp - a - (sh * (ho - 1) + 1), sh - 1), (b, wp - b - (sw * (wo - 1) + 1), sw - 1), (0, 0, 0))
     return lax.pad(v, lax.convert_element_type(0, v.dtype), cfg)

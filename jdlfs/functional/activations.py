@@ -38,7 +38,7 @@ def _relu(x):
 
 
 def _relu_fwd(x):
-    return _relu(x), x > 0                   # mask; the subgradient at 0 is taken as 0
+    return _relu(x), x > 0  # mask; the subgradient at 0 is taken as 0
 
 
 def _relu_bwd(positive, g):
@@ -88,7 +88,7 @@ def _sigmoid_fwd(x):
 
 
 def _sigmoid_bwd(y, g):
-    return (g * y * (1 - y),)                 # sigma' = sigma (1 - sigma)
+    return (g * y * (1 - y),)  # sigma' = sigma (1 - sigma)
 
 
 _sigmoid.defvjp(_sigmoid_fwd, _sigmoid_bwd)
@@ -111,7 +111,7 @@ def _tanh_fwd(x):
 
 
 def _tanh_bwd(y, g):
-    return (g * (1 - y * y),)                 # tanh' = 1 - tanh^2
+    return (g * (1 - y * y),)  # tanh' = 1 - tanh^2
 
 
 _tanh.defvjp(_tanh_fwd, _tanh_bwd)
@@ -131,8 +131,8 @@ _GELU_K = 0.044715
 
 def _gelu_forward(x, approximate):
     if approximate:
-        return 0.5 * x * (1 + jnp.tanh(_SQRT_2_OVER_PI * (x + _GELU_K * x ** 3)))
-    return 0.5 * x * (1 + lax.erf(x * _INV_SQRT_2))          # x Phi(x)
+        return 0.5 * x * (1 + jnp.tanh(_SQRT_2_OVER_PI * (x + _GELU_K * x**3)))
+    return 0.5 * x * (1 + lax.erf(x * _INV_SQRT_2))  # x Phi(x)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -146,12 +146,12 @@ def _gelu_fwd(x, approximate):
 
 def _gelu_bwd(approximate, x, g):
     if approximate:
-        t = jnp.tanh(_SQRT_2_OVER_PI * (x + _GELU_K * x ** 3))
+        t = jnp.tanh(_SQRT_2_OVER_PI * (x + _GELU_K * x**3))
         du = _SQRT_2_OVER_PI * (1 + 3 * _GELU_K * x * x)
         d = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du
     else:
-        cdf = 0.5 * (1 + lax.erf(x * _INV_SQRT_2))            # Phi(x)
-        pdf = _INV_SQRT_2PI * jnp.exp(-0.5 * x * x)          # phi(x)
+        cdf = 0.5 * (1 + lax.erf(x * _INV_SQRT_2))  # Phi(x)
+        pdf = _INV_SQRT_2PI * jnp.exp(-0.5 * x * x)  # phi(x)
         d = cdf + x * pdf
     return (g * d,)
 

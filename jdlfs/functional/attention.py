@@ -32,27 +32,28 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checks import float_array, same_dtype, static_int
-from ._precision import upcast
+from ._precision import acc_dtype, upcast
 
 
 def _weights(q, k, mask):
     scale = 1.0 / math.sqrt(q.shape[-1])
-    s = upcast(jnp.matmul(q, jnp.swapaxes(k, -1, -2)) * scale)        # (..., Tq, Tk), float32+
+    # scores summed over d in float32+ (a float16 q.k overflows at 65,504 before any cast could help)
+    s = jnp.matmul(q, jnp.swapaxes(k, -1, -2), preferred_element_type=acc_dtype(q.dtype)) * scale  # (..., Tq, Tk)
     if mask is None:
         m = jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True))
         e = jnp.exp(s - m)
         return (e / jnp.sum(e, axis=-1, keepdims=True)).astype(q.dtype)
     s = jnp.where(mask, s, -jnp.inf)
     m = jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True))
-    m = jnp.where(jnp.isfinite(m), m, 0)                                # fully masked row -> 0
+    m = jnp.where(jnp.isfinite(m), m, 0)  # fully masked row -> 0
     e = jnp.where(mask, jnp.exp(s - m), 0)
     z = jnp.sum(e, axis=-1, keepdims=True)
-    return (e / jnp.where(z > 0, z, 1)).astype(q.dtype)                 # fully masked row -> 0s
+    return (e / jnp.where(z > 0, z, 1)).astype(q.dtype)  # fully masked row -> 0s
 
 
 def _attention_forward(q, k, v, mask):
-    p = _weights(q, k, mask)                                            # (..., Tq, Tk)
-    return jnp.matmul(p, v), p                                          # (..., Tq, dv)
+    p = _weights(q, k, mask)  # (..., Tq, Tk)
+    return jnp.matmul(p, v), p  # (..., Tq, dv)
 
 
 @jax.custom_vjp
@@ -69,12 +70,12 @@ def _attention_bwd(res, cts):
     q, k, v, p = res
     g, gp = cts
     scale = 1.0 / math.sqrt(q.shape[-1])
-    dv = jnp.matmul(jnp.swapaxes(p, -1, -2), g)                         # (..., Tk, dv)
-    dp = upcast(jnp.matmul(g, jnp.swapaxes(v, -1, -2)) + gp)           # (..., Tq, Tk), float32+
+    dv = jnp.matmul(jnp.swapaxes(p, -1, -2), g)  # (..., Tk, dv)
+    dp = jnp.matmul(g, jnp.swapaxes(v, -1, -2), preferred_element_type=acc_dtype(g.dtype)) + upcast(gp)  # float32+
     pa = upcast(p)
-    ds = (pa * (dp - jnp.sum(dp * pa, axis=-1, keepdims=True))).astype(q.dtype)   # (..., Tq, Tk)
-    dq = jnp.matmul(ds, k) * scale                                      # (..., Tq, d)
-    dk = jnp.matmul(jnp.swapaxes(ds, -1, -2), q) * scale                # (..., Tk, d)
+    ds = (pa * (dp - jnp.sum(dp * pa, axis=-1, keepdims=True))).astype(q.dtype)  # (..., Tq, Tk)
+    dq = jnp.matmul(ds, k) * scale  # (..., Tq, d)
+    dk = jnp.matmul(jnp.swapaxes(ds, -1, -2), q) * scale  # (..., Tk, d)
     return dq, dk, dv, None
 
 
@@ -105,12 +106,14 @@ def attention(q, k, v, *, mask=None, return_weights: bool = False):
     if v.shape[-2] != k.shape[-2]:
         raise ValueError(f"v must have Tk={k.shape[-2]} rows like k, got v shape {v.shape}")
     if k.shape[-2] == 0:
-        raise ValueError(f"k must hold at least one key (Tk >= 1): a softmax over zero keys is undefined, "
-                         f"got k shape {k.shape}")
+        raise ValueError(
+            f"k must hold at least one key (Tk >= 1): a softmax over zero keys is undefined, got k shape {k.shape}"
+        )
     if q.shape[-1] == 0:
-        raise ValueError(f"q and k must have a feature size d >= 1 (the scores are scaled by 1/sqrt(d)), "
-                         f"got q shape {q.shape}")
-    full = (*q.shape[:-1], k.shape[-2])                                  # (..., Tq, Tk)
+        raise ValueError(
+            f"q and k must have a feature size d >= 1 (the scores are scaled by 1/sqrt(d)), got q shape {q.shape}"
+        )
+    full = (*q.shape[:-1], k.shape[-2])  # (..., Tq, Tk)
     if mask is not None:
         mask = jnp.asarray(mask)
         if mask.dtype != jnp.bool_:

@@ -57,5 +57,5 @@ def dropout(key, x, rate: float, *, deterministic: bool = False):
         return x
     if key is None:
         raise ValueError("dropout needs a PRNG key when deterministic=False and rate > 0")
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)          # same shape as x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)  # same shape as x
     return _masked_scale(x, keep, 1.0 / (1.0 - rate))

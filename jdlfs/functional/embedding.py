@@ -27,7 +27,7 @@ from .._checks import float_array, index_array
 
 @jax.custom_vjp
 def _embedding(table, ids):
-    return jnp.take(table, ids, axis=0)                          # ids already in [0, V)
+    return jnp.take(table, ids, axis=0)  # ids already in [0, V)
 
 
 def _embedding_fwd(table, ids):
@@ -36,8 +36,8 @@ def _embedding_fwd(table, ids):
 
 def _embedding_bwd(res, g):
     ids, (v, d) = res
-    flat_ids = ids.reshape(-1)                                   # (P,)
-    flat_g = g.reshape(-1, d)                                    # (P, D)
+    flat_ids = ids.reshape(-1)  # (P,)
+    flat_g = g.reshape(-1, d)  # (P, D)
     dtable = jnp.zeros((v, d), g.dtype).at[flat_ids].add(flat_g)
     return dtable, None
 

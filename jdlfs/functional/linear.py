@@ -22,7 +22,7 @@ from .._checks import float_array, same_dtype, shape_is
 
 @jax.custom_vjp
 def _linear(x, w, b):
-    y = jnp.matmul(x, w)                                   # (..., out)
+    y = jnp.matmul(x, w)  # (..., out)
     return y if b is None else y + b
 
 
@@ -32,11 +32,11 @@ def _linear_fwd(x, w, b):
 
 def _linear_bwd(res, g):
     x, w, no_bias = res
-    x2 = x.reshape(-1, x.shape[-1])                         # (M, in)
-    g2 = g.reshape(-1, g.shape[-1])                         # (M, out)
-    dx = jnp.matmul(g, w.T)                                 # (..., in)
-    dw = jnp.matmul(x2.T, g2)                               # (in, out)
-    db = None if no_bias else jnp.sum(g2, axis=0)           # (out,)
+    x2 = x.reshape(-1, x.shape[-1])  # (M, in)
+    g2 = g.reshape(-1, g.shape[-1])  # (M, out)
+    dx = jnp.matmul(g, w.T)  # (..., in)
+    dw = jnp.matmul(x2.T, g2)  # (in, out)
+    db = None if no_bias else jnp.sum(g2, axis=0)  # (out,)
     return dx, dw, db
 
 
@@ -56,8 +56,10 @@ def linear(x, w, b=None):
     x = float_array("x", x, min_rank=1, layout="(..., in)")
     w = float_array("w", w, rank=2, layout="(in, out)")
     if x.shape[-1] != w.shape[0]:
-        raise ValueError(f"linear: x has {x.shape[-1]} input features (last axis of shape "
-                         f"{x.shape}) but w expects {w.shape[0]} (w shape {w.shape}, layout (in, out))")
+        raise ValueError(
+            f"linear: x has {x.shape[-1]} input features (last axis of shape "
+            f"{x.shape}) but w expects {w.shape[0]} (w shape {w.shape}, layout (in, out))"
+        )
     if b is not None:
         b = float_array("b", b, rank=1, layout="(out,)")
         shape_is("b", b, (w.shape[1],), "one bias per output feature")

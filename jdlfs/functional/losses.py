@@ -54,30 +54,30 @@ from ._precision import upcast
 
 # ================================================================ softmax cross-entropy
 def _target(labels, k, smoothing, dtype):
-    onehot = jax.nn.one_hot(labels, k, dtype=dtype)                          # (..., K); 0s for label -1
+    onehot = jax.nn.one_hot(labels, k, dtype=dtype)  # (..., K); 0s for label -1
     return onehot if smoothing == 0.0 else (1 - smoothing) * onehot + smoothing / k
 
 
 def _xent_parts(logits, labels, w, smoothing):
-    z = upcast(logits)                                                        # float32 or wider
+    z = upcast(logits)  # float32 or wider
     shifted = z - lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
     e = jnp.exp(shifted)
     sum_e = jnp.sum(e, axis=-1, keepdims=True)
-    lse = jnp.log(sum_e)                                                      # (..., 1), shifted lse
+    lse = jnp.log(sum_e)  # (..., 1), shifted lse
     target = _target(labels, z.shape[-1], smoothing, z.dtype)
     # l_n = -sum_k t_k log p_k = sum_k t_k (lse - shifted_k): the shift cancels
     # for any t (so it needs no gradient), and every term is >= +0.
-    per_pos = jnp.sum(target * (lse - shifted), axis=-1)                      # (...)
+    per_pos = jnp.sum(target * (lse - shifted), axis=-1)  # (...)
     if w is None:
-        count = jnp.asarray(max(per_pos.size, 1), z.dtype)                    # empty batch -> L = 0
+        count = jnp.asarray(max(per_pos.size, 1), z.dtype)  # empty batch -> L = 0
         loss = jnp.sum(per_pos) / count
         centre = loss
     else:
         wa = upcast(w)
         total = jnp.sum(wa)
-        count = jnp.where(total > 0, total, 1)                                # all masked -> L = 0
+        count = jnp.where(total > 0, total, 1)  # all masked -> L = 0
         loss = jnp.sum(wa * per_pos) / count
-        centre = jnp.where(total > 0, loss, 0)                                # [S > 0] L
+        centre = jnp.where(total > 0, loss, 0)  # [S > 0] L
     p = (e / sum_e).astype(logits.dtype)
     return loss.astype(logits.dtype), (p, labels, w, count, per_pos, centre)
 
@@ -96,11 +96,11 @@ def _softmax_xent_bwd(smoothing, res, g):
     acc = count.dtype
     scale = g.astype(acc) / count
     target = _target(labels, p.shape[-1], smoothing, acc)
-    residual = p.astype(acc) * jnp.sum(target, axis=-1, keepdims=True) - target   # = p - t for valid labels
+    residual = p.astype(acc) * jnp.sum(target, axis=-1, keepdims=True) - target  # = p - t for valid labels
     if w is None:
-        return (scale * residual).astype(p.dtype), None, None                # labels: no cotangent
-    dlogits = (scale * upcast(w))[..., None] * residual                       # (..., K)
-    dw = scale * (per_pos - centre)                                           # (...)
+        return (scale * residual).astype(p.dtype), None, None  # labels: no cotangent
+    dlogits = (scale * upcast(w))[..., None] * residual  # (..., K)
+    dw = scale * (per_pos - centre)  # (...)
     return dlogits.astype(p.dtype), None, dw.astype(w.dtype)
 
 
@@ -132,8 +132,7 @@ def softmax_cross_entropy(logits, labels, *, mask=None, label_smoothing: float =
         raise ValueError(f"logits must have at least one class (K >= 1) on the last axis, got shape {logits.shape}")
     labels = index_array("labels", labels, logits.shape[-1], out_of_range="drop")
     if labels.shape != logits.shape[:-1]:
-        raise ValueError(f"labels must have shape logits.shape[:-1] = {logits.shape[:-1]}, "
-                         f"got {labels.shape}")
+        raise ValueError(f"labels must have shape logits.shape[:-1] = {logits.shape[:-1]}, got {labels.shape}")
     w = None
     if mask is not None:
         mask = jnp.asarray(mask)
@@ -168,7 +167,7 @@ def _bce_fwd(z, t):
 def _bce_bwd(res, g):
     z, t = res
     za, ta = upcast(z), upcast(t)
-    scale = g.astype(za.dtype) / z.size                       # in float32: N may exceed float16's range
+    scale = g.astype(za.dtype) / z.size  # in float32: N may exceed float16's range
     return (scale * (lax.logistic(za) - ta)).astype(z.dtype), (-scale * za).astype(t.dtype)
 
 
@@ -194,11 +193,11 @@ def _mse(p, t):
 
 
 def _mse_fwd(p, t):
-    return _mse(p, t), upcast(p) - upcast(t)                 # p, t and the loss share one dtype
+    return _mse(p, t), upcast(p) - upcast(t)  # p, t and the loss share one dtype
 
 
 def _mse_bwd(diff, g):
-    dp = (2 * g.astype(diff.dtype) / diff.size) * diff       # in float32: N may exceed float16's range
+    dp = (2 * g.astype(diff.dtype) / diff.size) * diff  # in float32: N may exceed float16's range
     return dp.astype(g.dtype), (-dp).astype(g.dtype)
 
 

@@ -53,16 +53,16 @@ from ._precision import acc_dtype
 
 
 def _split_gates(a, hidden):
-    return a[..., :hidden], a[..., hidden:2 * hidden], a[..., 2 * hidden:3 * hidden], a[..., 3 * hidden:]
+    return a[..., :hidden], a[..., hidden : 2 * hidden], a[..., 2 * hidden : 3 * hidden], a[..., 3 * hidden :]
 
 
 def _lstm_scan(x, h0, c0, w_x, w_h, b, save):
     hidden, dt = w_h.shape[0], x.dtype
-    xz = jnp.einsum("btd,dk->tbk", x, w_x) + b                             # (T, B, 4H), time-major
+    xz = jnp.einsum("btd,dk->tbk", x, w_x) + b  # (T, B, 4H), time-major
 
     def step(carry, xz_t):
-        h, c_prev = carry                                                    # c in float32 or wider
-        z_i, z_f, z_g, z_o = _split_gates(xz_t + h @ w_h, hidden)            # (B, H) each
+        h, c_prev = carry  # c in float32 or wider
+        z_i, z_f, z_g, z_o = _split_gates(xz_t + h @ w_h, hidden)  # (B, H) each
         i, f, g, o = jax.nn.sigmoid(z_i), jax.nn.sigmoid(z_f), jnp.tanh(z_g), jax.nn.sigmoid(z_o)
         c = f * c_prev + i * g
         k = jnp.tanh(c)
@@ -85,25 +85,26 @@ def _lstm_fwd(x, h0, c0, w_x, w_h, b):
 
 
 def _lstm_bwd(res, cts):
-    x, h0, w_x, w_h, hs, acts, c_prev, k = res                             # time-major (T, B, .)
-    g_hs, (g_hT, g_cT) = cts                                               # (B, T, H), ((B, H), (B, H))
+    x, h0, w_x, w_h, hs, acts, c_prev, k = res  # time-major (T, B, .)
+    g_hs, (g_hT, g_cT) = cts  # (B, T, H), ((B, H), (B, H))
     hidden, dt = w_h.shape[0], x.dtype
     acc = acc_dtype(dt)
-    w_hT = w_h.T.astype(acc)                                               # (4H, H)
+    w_hT = w_h.T.astype(acc)  # (4H, H)
 
-    def back(carry, inputs):                                               # carry = (eh, ec) from step t+1
+    def back(carry, inputs):  # carry = (eh, ec) from step t+1
         eh, ec = carry
         g_t, a_t, cp_t, k_t = inputs
         i, f, g, o = _split_gates(a_t.astype(acc), hidden)
         dh = g_t.astype(acc) + eh
         dc = ec + dh * o * (1 - k_t * k_t)
-        dz = jnp.concatenate([dc * g * i * (1 - i), dc * cp_t * f * (1 - f),
-                              dc * i * (1 - g * g), dh * k_t * o * (1 - o)], axis=-1)   # (B, 4H)
+        dz = jnp.concatenate(
+            [dc * g * i * (1 - i), dc * cp_t * f * (1 - f), dc * i * (1 - g * g), dh * k_t * o * (1 - o)], axis=-1
+        )  # (B, 4H)
         return (dz @ w_hT, dc * f), dz
 
     init = (g_hT.astype(acc), g_cT.astype(acc))
     (dh0, dc0), dz = lax.scan(back, init, (jnp.swapaxes(g_hs, 0, 1), acts, c_prev, k), reverse=True)
-    h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)                 # (T, B, H)
+    h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # (T, B, H)
     dw_x = jnp.einsum("btd,tbk->dk", x, dz, preferred_element_type=acc)
     dw_h = jnp.einsum("tbh,tbk->hk", h_prev, dz, preferred_element_type=acc)
     db = jnp.sum(dz, axis=(0, 1))

@@ -73,7 +73,7 @@ def _bn_forward(x, gamma, beta, eps):
     axes = tuple(range(x.ndim - 1))
     xh, mu, var, r = _normalize(x, axes, eps)
     y = (xh * gamma + beta).astype(x.dtype)
-    return (y, mu.reshape(-1), var.reshape(-1)), (xh, r)                  # statistics stay float32+
+    return (y, mu.reshape(-1), var.reshape(-1)), (xh, r)  # statistics stay float32+
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -92,9 +92,9 @@ def _batch_norm_bwd(eps, res, cts):
     axes = tuple(range(xh.ndim - 1))
     m = xh.size // xh.shape[-1]
     gf = g.astype(xh.dtype)
-    dgamma = jnp.sum(gf * xh, axis=axes)                                   # (C,)
-    dbeta = jnp.sum(gf, axis=axes)                                         # (C,)
-    dx = _norm_input_grad(gf * gamma, xh, r, axes, m)                       # via y
+    dgamma = jnp.sum(gf * xh, axis=axes)  # (C,)
+    dbeta = jnp.sum(gf, axis=axes)  # (C,)
+    dx = _norm_input_grad(gf * gamma, xh, r, axes, m)  # via y
     # via the returned statistics: d mu/dx = 1/m, d var/dx = 2 (x - mu)/m = 2 xh / (r m)
     dx = dx + (g_mean.astype(xh.dtype) + 2 * g_var.astype(xh.dtype) * xh / r) / m
     return dx.astype(g.dtype), dgamma.astype(gamma.dtype), dbeta.astype(gamma.dtype)
@@ -156,9 +156,14 @@ def _bn_inference_bwd(eps, res, g):
     dgamma = gxc * r
     dbeta = jnp.sum(ga, axis=axes)
     dmean = -jnp.sum(dx, axis=axes)
-    dvar = gxc * gamma * (-0.5) * r ** 3
-    return (dx.astype(x.dtype), dgamma.astype(gamma.dtype), dbeta.astype(gamma.dtype),
-            dmean.astype(mean.dtype), dvar.astype(var.dtype))
+    dvar = gxc * gamma * (-0.5) * r**3
+    return (
+        dx.astype(x.dtype),
+        dgamma.astype(gamma.dtype),
+        dbeta.astype(gamma.dtype),
+        dmean.astype(mean.dtype),
+        dvar.astype(var.dtype),
+    )
 
 
 _bn_inference.defvjp(_bn_inference_fwd, _bn_inference_bwd)
@@ -168,10 +173,10 @@ def batch_norm_inference(x, gamma, beta, mean, var, *, eps: float = 1e-5):
     """Evaluation-mode batch norm with given (running) ``mean`` and ``var`` ``(C,)``:
     ``(x - mean) / sqrt(var + eps) * gamma + beta``. Differentiable in all five arrays.
 
-    ``mean``/``var`` have x's dtype or, for float16/bfloat16 x, float32 (running
-    statistics are best kept in float32: a float16 variance overflows above
-    65,504). The map is computed in float32 (float64 for float64) and y is
-    returned in x's dtype."""
+    ``mean``/``var`` have x's dtype, float32 or float64 (running statistics are
+    best kept in float32: a float16 variance overflows above 65,504). The map
+    is computed in the wider of float32, x's and the statistics' dtype, and y
+    is returned in x's dtype."""
     x = float_array("x", x, min_rank=1, layout="(..., C)")
     gamma, beta = _check_affine(x, gamma, beta)
     mean = float_array("mean", mean, rank=1, layout="(C,)")
@@ -179,10 +184,13 @@ def batch_norm_inference(x, gamma, beta, mean, var, *, eps: float = 1e-5):
     shape_is("mean", mean, gamma.shape)
     shape_is("var", var, gamma.shape)
     same_dtype(mean=mean, var=var)
-    if mean.dtype not in (x.dtype, acc_dtype(x.dtype)):
-        raise TypeError(f"mean and var must have x's dtype {x.dtype} or {acc_dtype(x.dtype)} (running statistics "
-                        f"kept in float32), got {mean.dtype}")
-    return _bn_inference(x, gamma, beta, mean, var, static_float("eps", eps))
+    if mean.dtype not in (x.dtype, jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)):
+        raise TypeError(
+            f"mean and var must have x's dtype {x.dtype}, float32 or float64 (running statistics are kept in "
+            f"float32 or wider), got {mean.dtype}"
+        )
+    work = jnp.promote_types(acc_dtype(x.dtype), mean.dtype)  # float32 statistics with float64 x: float64 math
+    return _bn_inference(x, gamma, beta, mean.astype(work), var.astype(work), static_float("eps", eps))
 
 
 # ================================================================ layer norm

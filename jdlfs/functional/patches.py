@@ -21,14 +21,14 @@ from .._checks import float_array, index_array, static_int
 
 def _to_patches(images, p):
     n, h, w, c = images.shape
-    x = images.reshape(n, h // p, p, w // p, p, c)                       # (N, gh, p, gw, p, C)
+    x = images.reshape(n, h // p, p, w // p, p, c)  # (N, gh, p, gw, p, C)
     return x.transpose(0, 1, 3, 2, 4, 5).reshape(n, (h // p) * (w // p), p * p * c)
 
 
 def _to_images(patches, p, hw):
     n = patches.shape[0]
     (h, w), c = hw, patches.shape[-1] // (p * p)
-    x = patches.reshape(n, h // p, w // p, p, p, c)                      # (N, gh, gw, p, p, C)
+    x = patches.reshape(n, h // p, w // p, p, p, c)  # (N, gh, gw, p, p, C)
     return x.transpose(0, 1, 3, 2, 4, 5).reshape(n, h, w, c)
 
 
@@ -85,14 +85,16 @@ def unpatchify(patches, patch: int, image_shape):
         raise ValueError(f"image_shape {tuple(image_shape)} is not divisible by patch={p}")
     expected = (patches.shape[0], (h // p) * (w // p), p * p * c)
     if patches.shape != expected:
-        raise ValueError(f"patches must have shape {expected} for image_shape {tuple(image_shape)} "
-                         f"and patch={p}, got {patches.shape}")
+        raise ValueError(
+            f"patches must have shape {expected} for image_shape {tuple(image_shape)} "
+            f"and patch={p}, got {patches.shape}"
+        )
     return _unpatchify(patches, p, (h, w))
 
 
 @jax.custom_vjp
 def _take_tokens(x, idx):
-    return jnp.take_along_axis(x, idx[..., None], axis=1)               # idx already in [0, L)
+    return jnp.take_along_axis(x, idx[..., None], axis=1)  # idx already in [0, L)
 
 
 def _take_tokens_fwd(x, idx):
@@ -101,7 +103,7 @@ def _take_tokens_fwd(x, idx):
 
 def _take_tokens_bwd(res, g):
     idx, (n, length, d) = res
-    rows = jnp.arange(n)[:, None]                                        # (N, 1)
+    rows = jnp.arange(n)[:, None]  # (N, 1)
     dx = jnp.zeros((n, length, d), g.dtype).at[rows, idx].add(g)
     return dx, None
 

@@ -62,8 +62,10 @@ def _pool_geometry(x, window, stride, padding):
     window, stride, pads, out_hw = window_geometry(x.shape, window, stride, padding)
     for (lo, hi), k in zip(pads, window):
         if lo >= k or hi >= k:
-            raise ValueError(f"padding {pads} must be smaller than the window {window} on every "
-                             "side, or some windows would hold only padding")
+            raise ValueError(
+                f"padding {pads} must be smaller than the window {window} on every "
+                "side, or some windows would hold only padding"
+            )
     return x, window, stride, pads, out_hw
 
 
@@ -89,8 +91,11 @@ def _real_views(in_hw, window, stride, pads, out_hw) -> dict:
     """Static (1, Ho, Wo, 1) bool per window offset: is that entry a real pixel (not padding)?"""
     real = np.pad(np.ones(in_hw, bool), pads)
     (kh, kw), (sh, sw), (ho, wo) = window, stride, out_hw
-    return {(a, b): real[a:a + sh * (ho - 1) + 1:sh, b:b + sw * (wo - 1) + 1:sw][None, :, :, None]
-            for a in range(kh) for b in range(kw)}
+    return {
+        (a, b): real[a : a + sh * (ho - 1) + 1 : sh, b : b + sw * (wo - 1) + 1 : sw][None, :, :, None]
+        for a in range(kh)
+        for b in range(kw)
+    }
 
 
 def _max_pool_bwd(window, stride, pads, res, g):
@@ -99,11 +104,11 @@ def _max_pool_bwd(window, stride, pads, res, g):
     padded_hw = xp.shape[1:3]
     real = _real_views(x.shape[1:3], window, stride, pads, y.shape[1:3])
     y_nan = jnp.isnan(y)
-    taken = jnp.zeros(y.shape, bool)          # has this window already given its gradient away?
+    taken = jnp.zeros(y.shape, bool)  # has this window already given its gradient away?
     dxp = jnp.zeros(xp.shape, g.dtype)
     for offset, view in window_views(xp, window, stride, y.shape[1:3]):
         is_max = jnp.where(y_nan, jnp.isnan(view), view == y) & real[offset]
-        chosen = is_max & ~taken              # first real maximum (or NaN) in row-major order wins
+        chosen = is_max & ~taken  # first real maximum (or NaN) in row-major order wins
         taken = taken | chosen
         dxp = dxp + place_view(jnp.where(chosen, g, 0), offset, stride, padded_hw)
     return (crop_hw(dxp, pads, x.shape[1:3]),)
@@ -134,14 +139,14 @@ def _window_counts(in_hw, window, stride, pads) -> np.ndarray:
     counts = np.zeros((ho, wo))
     for a in range(kh):
         for b in range(kw):
-            counts += ones[a:a + sh * (ho - 1) + 1:sh, b:b + sw * (wo - 1) + 1:sw]
+            counts += ones[a : a + sh * (ho - 1) + 1 : sh, b : b + sw * (wo - 1) + 1 : sw]
     return counts[None, :, :, None]
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _avg_pool(x, window, stride, pads):
     counts = _window_counts(x.shape[1:3], window, stride, pads)
-    xa = upcast(x)                                           # window sums in float32 or wider
+    xa = upcast(x)  # window sums in float32 or wider
     return (_reduce_window(xa, 0.0, lax.add, window, stride, pads) / counts.astype(xa.dtype)).astype(x.dtype)
 
 
@@ -151,10 +156,9 @@ def _avg_pool_fwd(x, window, stride, pads):
 
 def _avg_pool_bwd(window, stride, pads, x_shape, g):
     counts = _window_counts(x_shape[1:3], window, stride, pads)
-    share = (upcast(g) / counts).astype(g.dtype)             # each pixel's share of g
+    share = (upcast(g) / counts).astype(g.dtype)  # each pixel's share of g
     padded_hw = (x_shape[1] + sum(pads[0]), x_shape[2] + sum(pads[1]))
-    dxp = sum(place_view(share, (a, b), stride, padded_hw)
-              for a in range(window[0]) for b in range(window[1]))
+    dxp = sum(place_view(share, (a, b), stride, padded_hw) for a in range(window[0]) for b in range(window[1]))
     return (crop_hw(dxp, pads, x_shape[1:3]),)
 
 
@@ -185,7 +189,7 @@ def _global_avg_pool_fwd(x):
 
 def _global_avg_pool_bwd(x_shape, g):
     n, h, w, c = x_shape
-    share = (upcast(g) / (h * w)).astype(g.dtype)            # H W may exceed float16's range
+    share = (upcast(g) / (h * w)).astype(g.dtype)  # H W may exceed float16's range
     return (jnp.broadcast_to(share[:, None, None, :], x_shape),)
 
 

@@ -27,13 +27,13 @@ from .._checks import float_array, same_dtype, shape_is
 
 
 def _rnn_forward(x, h0, w_x, w_h, b):
-    xa = jnp.einsum("bti,ih->tbh", x, w_x) + b                         # (T, B, H), time-major
+    xa = jnp.einsum("bti,ih->tbh", x, w_x) + b  # (T, B, H), time-major
 
     def step(h, xa_t):
-        h = jnp.tanh(xa_t + h @ w_h)                                     # (B, H)
+        h = jnp.tanh(xa_t + h @ w_h)  # (B, H)
         return h, h
 
-    h_T, hs = lax.scan(step, h0, xa)                                     # hs (T, B, H)
+    h_T, hs = lax.scan(step, h0, xa)  # hs (T, B, H)
     return hs, h_T
 
 
@@ -49,17 +49,17 @@ def _rnn_fwd(x, h0, w_x, w_h, b):
 
 
 def _rnn_bwd(res, cts):
-    x, h0, w_x, w_h, hs = res                                            # hs (T, B, H)
-    g_hs, g_hT = cts                                                     # (B, T, H), (B, H)
-    g_hs = jnp.swapaxes(g_hs, 0, 1)                                      # (T, B, H)
+    x, h0, w_x, w_h, hs = res  # hs (T, B, H)
+    g_hs, g_hT = cts  # (B, T, H), (B, H)
+    g_hs = jnp.swapaxes(g_hs, 0, 1)  # (T, B, H)
 
-    def back(c, inputs):                                                 # c = dL/dh_t from step t+1
+    def back(c, inputs):  # c = dL/dh_t from step t+1
         g_t, h_t = inputs
-        da = (g_t + c) * (1 - h_t * h_t)                                 # (B, H)
+        da = (g_t + c) * (1 - h_t * h_t)  # (B, H)
         return da @ w_h.T, da
 
-    dh0, da = lax.scan(back, g_hT, (g_hs, hs), reverse=True)             # da (T, B, H)
-    h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)                # (T, B, H)
+    dh0, da = lax.scan(back, g_hT, (g_hs, hs), reverse=True)  # da (T, B, H)
+    h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # (T, B, H)
     dw_x = jnp.einsum("bti,tbh->ih", x, da)
     dw_h = jnp.einsum("tbk,tbh->kh", h_prev, da)
     db = jnp.sum(da, axis=(0, 1))

@@ -66,13 +66,13 @@ def _logsumexp(x, axis):
 
 
 def _logsumexp_fwd(x, axis):
-    lse = _lse(x, axis)                                        # accumulation dtype, kept dims
+    lse = _lse(x, axis)  # accumulation dtype, kept dims
     return jnp.squeeze(lse, axis).astype(x.dtype), (x, lse)
 
 
 def _logsumexp_bwd(axis, res, g):
     x, lse = res
-    p = jnp.exp(upcast(x) - lse)                               # softmax(x); x - lse <= 0
+    p = jnp.exp(upcast(x) - lse)  # softmax(x); x - lse <= 0
     return ((upcast(jnp.expand_dims(g, axis)) * p).astype(x.dtype),)
 
 
@@ -121,7 +121,7 @@ def _log_softmax(x, axis):
 def _log_softmax_fwd(x, axis):
     xa = upcast(x)
     z = xa - lax.stop_gradient(jnp.max(xa, axis=axis, keepdims=True))
-    e = jnp.exp(z)                                   # one exp, shared by y and the saved softmax
+    e = jnp.exp(z)  # one exp, shared by y and the saved softmax
     s = jnp.sum(e, axis=axis, keepdims=True)
     return (z - jnp.log(s)).astype(x.dtype), (e / s).astype(x.dtype)
 

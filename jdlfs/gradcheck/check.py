@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -143,9 +143,7 @@ def check_vjp(
     float_out = [bool(jnp.issubdtype(o.dtype, jnp.floating)) for o in out_avals]
     if not any(float_out):
         report.notes.append("fn has no floating outputs; nothing to differentiate")
-    report.outputs = [
-        OutputResult(j, paths[j], tuple(o.shape), str(o.dtype)) for j, o in enumerate(out_avals)
-    ]
+    report.outputs = [OutputResult(j, paths[j], tuple(o.shape), str(o.dtype)) for j, o in enumerate(out_avals)]
 
     ref = None
     if reference is not None:
@@ -184,9 +182,7 @@ def check_vjp(
         res["g_s"] = vjp_s(ct)
         if ref is not None:
             res["out_r"], vjp_r = jax.vjp(ref, *primals)
-            ct_r = jax.tree_util.tree_map(
-                lambda c, o: c if _is_float0(c) else c.astype(o.dtype), ct, res["out_r"]
-            )
+            ct_r = jax.tree_util.tree_map(lambda c, o: c if _is_float0(c) else c.astype(o.dtype), ct, res["out_r"])
             res["g_r"] = vjp_r(ct_r)
         return res
 
@@ -246,7 +242,10 @@ def _as_accurate_as_autodiff(by_dyn, res, truth) -> None:
             continue
         t = truth[k]
         scale = max(float(np.linalg.norm(t.ravel())), _TINY)
-        dist = lambda g: float(np.linalg.norm(_np64(g).ravel() - t.ravel())) / scale  # noqa: E731
+
+        def dist(g, t=t, scale=scale):
+            return float(np.linalg.norm(_np64(g).ravel() - t.ravel())) / scale
+
         floor = 4 * float(jnp.finfo(jnp.dtype(r.dtype)).eps)
         e_hand = dist(res["g_h"][k])
         others = {"autodiff": res["g_s"][k]}
@@ -261,4 +260,3 @@ def _as_accurate_as_autodiff(by_dyn, res, truth) -> None:
             if getattr(r, f"{name}_ok") is False and inside:
                 setattr(r, f"{name}_ok", True)
                 r.accepted_by_accuracy.append(name)
-

@@ -54,8 +54,7 @@ def _dtype_tol(tol: dict, dtype, check: str) -> float:
         return float(tol[name][check])
     except KeyError:
         raise KeyError(
-            f"no {check!r} tolerance for dtype {name}; pass tolerances={{{name!r}: "
-            f"{{{check!r}: ...}}}}"
+            f"no {check!r} tolerance for dtype {name}; pass tolerances={{{name!r}: {{{check!r}: ...}}}}"
         ) from None
 
 
@@ -98,6 +97,7 @@ def _zero_cotangent(g) -> bool:
         return bool(np.all(np.asarray(g) == 0))
     except Exception:  # pragma: no cover
         return False
+
 
 # --------------------------------------------------------------------------
 # Random cotangents and directions
@@ -192,9 +192,7 @@ def _fd_check(f, primals, by_dyn, ct_leaves, float_out, dir_key, num_directions,
         # custom rule is what jax.grad uses).  One compiled program serves both
         # the gradient at x and the values at the perturbed points (whose
         # gradients are simply ignored): one XLA compilation instead of two.
-        phi_jit = jax.jit(
-            jax.value_and_grad(phi, argnums=tuple(1 + k for k in float_idx), has_aux=True)
-        )
+        phi_jit = jax.jit(jax.value_and_grad(phi, argnums=tuple(1 + k for k in float_idx), has_aux=True))
         grads = [_np64(g) for g in phi_jit(v_float, *p64)[1]]
 
         def phi_at(k, x, t):

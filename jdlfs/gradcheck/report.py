@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -16,9 +17,19 @@ def _dtype_short(dtype) -> str:
     except TypeError:
         return str(dtype)
     short = {
-        "float16": "f16", "bfloat16": "bf16", "float32": "f32", "float64": "f64",
-        "int8": "i8", "int16": "i16", "int32": "i32", "int64": "i64",
-        "uint8": "u8", "uint16": "u16", "uint32": "u32", "uint64": "u64", "bool": "bool",
+        "float16": "f16",
+        "bfloat16": "bf16",
+        "float32": "f32",
+        "float64": "f64",
+        "int8": "i8",
+        "int16": "i16",
+        "int32": "i32",
+        "int64": "i64",
+        "uint8": "u8",
+        "uint16": "u16",
+        "uint32": "u32",
+        "uint64": "u64",
+        "bool": "bool",
     }
     return short.get(dt.name, dt.name)
 
@@ -124,18 +135,12 @@ class VJPReport:
 
     @property
     def passed(self) -> bool:
-        return (
-            not self.errors
-            and all(a.passed for a in self.args)
-            and all(o.passed for o in self.outputs)
-        )
+        return not self.errors and all(a.passed for a in self.args) and all(o.passed for o in self.outputs)
 
     @property
     def worst(self) -> dict[str, float | None]:
         return {
-            "autodiff": _worst(
-                [a.autodiff_rel for a in self.args] + [o.stripped_rel for o in self.outputs]
-            ),
+            "autodiff": _worst([a.autodiff_rel for a in self.args] + [o.stripped_rel for o in self.outputs]),
             "fd": _worst([a.fd_rel for a in self.args]),
             "reference": (
                 _worst([a.reference_rel for a in self.args] + [o.reference_rel for o in self.outputs])
@@ -194,9 +199,12 @@ class VJPReport:
                     )
                 if a.accepted_by_accuracy:
                     d = a.vs_float64
-                    s += (f" | {'/'.join(a.accepted_by_accuracy)} accepted: as accurate vs float64 "
-                          f"(hand {_fmt_err(d['hand'])}, "
-                          + ", ".join(f"{k} {_fmt_err(v)}" for k, v in d.items() if k != "hand") + ")")
+                    s += (
+                        f" | {'/'.join(a.accepted_by_accuracy)} accepted: as accurate vs float64 "
+                        f"(hand {_fmt_err(d['hand'])}, "
+                        + ", ".join(f"{k} {_fmt_err(v)}" for k, v in d.items() if k != "hand")
+                        + ")"
+                    )
                 if not a.passed:
                     s += f"   <-- argument {a.index} FAILED"
             elif a.kind in ("int", "key"):
@@ -216,9 +224,7 @@ class VJPReport:
         for e in self.errors:
             lines.append(f"  ERROR: {e}")
         t = self.tolerances
-        dt = ", ".join(
-            f"{k} {v['autodiff']:.0e}/{v['reference']:.0e}" for k, v in t.items() if isinstance(v, dict)
-        )
+        dt = ", ".join(f"{k} {v['autodiff']:.0e}/{v['reference']:.0e}" for k, v in t.items() if isinstance(v, dict))
         lines.append(f"  tolerances (autodiff/reference): {dt}; fd {t['fd']:.0e}")
         return "\n".join(lines)
 
@@ -250,4 +256,3 @@ def format_table(reports: Sequence[VJPReport]) -> str:
     out = [fmt(header), "  ".join("-" * w for w in widths)]
     out += [fmt(row) for row in rows]
     return "\n".join(out)
-

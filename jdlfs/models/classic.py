@@ -26,7 +26,7 @@ def mlp(sizes: Sequence[int], activation: str = "relu", *, w_init="he_normal") -
     sizes = tuple(int(s) for s in sizes)
     if len(sizes) < 2:
         raise ValueError(f"mlp needs at least (in, out) sizes, got {sizes}")
-    act = L.activation(activation)                   # validates the name
+    act = L.activation(activation)  # validates the name
     parts = []
     for i, n in enumerate(sizes[1:], start=1):
         parts.append((f"fc{i}", L.Linear(n, w_init=w_init)))
@@ -47,11 +47,15 @@ def lenet() -> L.Layer:
     MaxPool 2, Flatten, Linear 576->32, ReLU, Linear 32->10. Input (N, 28, 28, 1).
     Layers ``conv1, relu1, pool1, flatten, fc1, relu2, fc2``."""
     return L.serial(
-        ("conv1", L.Conv2d(4, 5, padding="VALID")), ("relu1", L.Relu()),   # (N, 24, 24, 4)
-        ("pool1", L.MaxPool2d(2)),                                          # (N, 12, 12, 4)
-        ("flatten", L.Flatten()),                                           # (N, 576)
-        ("fc1", L.Linear(32)), ("relu2", L.Relu()), ("fc2", L.Linear(10)),  # (N, 10)
-        name="lenet")
+        ("conv1", L.Conv2d(4, 5, padding="VALID")),
+        ("relu1", L.Relu()),  # (N, 24, 24, 4)
+        ("pool1", L.MaxPool2d(2)),  # (N, 12, 12, 4)
+        ("flatten", L.Flatten()),  # (N, 576)
+        ("fc1", L.Linear(32)),
+        ("relu2", L.Relu()),
+        ("fc2", L.Linear(10)),  # (N, 10)
+        name="lenet",
+    )
 
 
 def cifar_cnn(*, batch_norm: bool = True, dropout: float = 0.5, impl: str = "lax") -> L.Layer:
@@ -62,12 +66,12 @@ def cifar_cnn(*, batch_norm: bool = True, dropout: float = 0.5, impl: str = "lax
     relu4, [dropout,] fc2``.
     """
     parts = []
-    for i, width in enumerate((32, 64, 128), start=1):                   # 32 -> 16 -> 8 -> 4 pixels
+    for i, width in enumerate((32, 64, 128), start=1):  # 32 -> 16 -> 8 -> 4 pixels
         parts.append((f"conv{i}", L.Conv2d(width, 3, use_bias=not batch_norm, impl=impl)))
         if batch_norm:
             parts.append((f"bn{i}", L.BatchNorm()))
         parts += [(f"relu{i}", L.Relu()), (f"pool{i}", L.MaxPool2d(2))]
-    parts += [("flatten", L.Flatten()), ("fc1", L.Linear(256)), ("relu4", L.Relu())]   # (N, 2048) -> (N, 256)
+    parts += [("flatten", L.Flatten()), ("fc1", L.Linear(256)), ("relu4", L.Relu())]  # (N, 2048) -> (N, 256)
     if dropout:
         parts.append(("dropout", L.Dropout(dropout)))
     parts.append(("fc2", L.Linear(10)))

@@ -37,8 +37,7 @@ from dataclasses import dataclass
 from jdlfs.text.errors import TextFormatError
 from jdlfs.text.files import find_corpus_dir, read_text, require_file
 
-__all__ = ["AG_NEWS_CLASSES", "AG_NEWS_SPLITS", "NewsArticle", "clean_ag_news_text", "load_ag_news",
-           "read_ag_news_csv"]
+__all__ = ["AG_NEWS_CLASSES", "AG_NEWS_SPLITS", "NewsArticle", "clean_ag_news_text", "load_ag_news", "read_ag_news_csv"]
 
 #: Class names, label ``i`` is ``AG_NEWS_CLASSES[i]`` (class index ``i + 1`` in the file).
 AG_NEWS_CLASSES = ("World", "Sports", "Business", "Sci/Tech")
@@ -94,10 +93,11 @@ def read_ag_news_csv(path: str | os.PathLike[str], *, clean: bool = True) -> lis
             break
         except csv.Error as e:
             raise TextFormatError(path, f"bad CSV ({e})", line=start) from None
-        if row:   # csv gives [] for a blank line
+        if row:  # csv gives [] for a blank line
             if len(row) != 3:
-                raise TextFormatError(path, f"expected 3 fields (class index, title, description), got {len(row)}",
-                                      line=start)
+                raise TextFormatError(
+                    path, f"expected 3 fields (class index, title, description), got {len(row)}", line=start
+                )
             index, title, description = row
             if index.strip() not in ("1", "2", "3", "4"):
                 raise TextFormatError(path, f"class index {index!r} is not one of 1, 2, 3, 4", line=start)
@@ -130,7 +130,10 @@ def load_ag_news(
     if split not in AG_NEWS_SPLITS:
         raise ValueError(f"split must be one of {AG_NEWS_SPLITS}, got {split!r}")
     name = f"{split}.csv"
-    note = ("The shared data folder holds only the test split (its README: train.csv could not be obtained)."
-            if split == "train" else "")
+    note = (
+        "The shared data folder holds only the test split (its README: train.csv could not be obtained)."
+        if split == "train"
+        else ""
+    )
     directory = find_corpus_dir("ag_news", SUBDIRS, (name,), data_dir, note=note)
     return read_ag_news_csv(require_file("ag_news", directory, (name,)), clean=clean)

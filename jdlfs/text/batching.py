@@ -63,8 +63,7 @@ def _sequences(seqs: Any, name: str) -> list[np.ndarray]:
     return [_int_seq(s, f"{name}[{i}]") for i, s in enumerate(seqs)]
 
 
-def pad_to(seqs: Sequence[Sequence[int]], length: int, pad_id: int = PAD_ID, *,
-           truncate: bool = False) -> np.ndarray:
+def pad_to(seqs: Sequence[Sequence[int]], length: int, pad_id: int = PAD_ID, *, truncate: bool = False) -> np.ndarray:
     """Stack id sequences into a fixed-length, right-padded int32 array.
 
     Args:
@@ -178,8 +177,10 @@ def bucket_batches(
     for f, field in enumerate(fields_in):
         name = "sequences" if single else f"sequences[{f}]"
         if not single and len(field) and np.ndim(field[0]) == 0:
-            raise TypeError(f"{name}[0] is a single id, not a sequence: a tuple passed as `sequences` means "
-                            "parallel fields, each a list of sequences (pass one field as a list)")
+            raise TypeError(
+                f"{name}[0] is a single id, not a sequence: a tuple passed as `sequences` means "
+                "parallel fields, each a list of sequences (pass one field as a list)"
+            )
         fields.append(_sequences(field, name))
     n = len(fields[0])
     if any(len(f) != n for f in fields):
@@ -188,8 +189,10 @@ def bucket_batches(
     too_long = np.flatnonzero(lengths > buckets[-1])
     if too_long.size and overflow == "error":
         i = int(too_long[0])
-        raise ValueError(f"example {i} has {int(lengths[i])} ids, more than the largest bucket {buckets[-1]} "
-                         f"({too_long.size} such examples; pass overflow='truncate' or a larger bucket)")
+        raise ValueError(
+            f"example {i} has {int(lengths[i])} ids, more than the largest bucket {buckets[-1]} "
+            f"({too_long.size} such examples; pass overflow='truncate' or a larger bucket)"
+        )
     bucket_index = np.searchsorted(np.array(buckets), np.minimum(lengths, buckets[-1]))
 
     if key is None:
@@ -197,11 +200,11 @@ def bucket_batches(
     else:
         perm_key, batch_key = jax.random.split(key)
         order = np.asarray(jax.random.permutation(perm_key, n))
-    plan: list[tuple[int, np.ndarray]] = []   # (bucket length, example indices)
+    plan: list[tuple[int, np.ndarray]] = []  # (bucket length, example indices)
     for b, length in enumerate(buckets):
         members = order[bucket_index[order] == b]
         for start in range(0, len(members), batch_size):
-            chunk = members[start:start + batch_size]
+            chunk = members[start : start + batch_size]
             if len(chunk) < batch_size and remainder == "drop":
                 continue
             plan.append((length, chunk))
@@ -211,13 +214,13 @@ def bucket_batches(
     for length, chunk in plan:
         rows = batch_size if remainder == "pad" else len(chunk)
         indices = np.full(rows, -1, np.int32)
-        indices[:len(chunk)] = chunk
+        indices[: len(chunk)] = chunk
         arrays = []
         for field in fields:
             a = np.full((rows, length), pad_id, np.int32)
             for r, i in enumerate(chunk):
                 seq = field[i][:length]
-                a[r, :len(seq)] = seq
+                a[r, : len(seq)] = seq
             arrays.append(a)
         batch = arrays[0] if single else tuple(arrays)
         yield (batch, indices) if return_indices else batch
@@ -253,12 +256,14 @@ def lm_windows(ids: Any, batch_size: int, window: int) -> tuple[np.ndarray, np.n
     stream = _int_seq(ids, "ids")
     k = (len(stream) - 1) // (batch_size * window)
     if k < 1:
-        raise ValueError(f"ids has {len(stream)} ids; batch_size={batch_size} streams of window={window} "
-                         f"need at least batch_size * window + 1 = {batch_size * window + 1}")
+        raise ValueError(
+            f"ids has {len(stream)} ids; batch_size={batch_size} streams of window={window} "
+            f"need at least batch_size * window + 1 = {batch_size * window + 1}"
+        )
     span = k * window
-    starts = np.arange(batch_size) * span                                   # (B,)
-    offsets = np.arange(span)                                               # (K*W,)
-    idx = starts[:, None] + offsets[None, :]                                # (B, K*W)
+    starts = np.arange(batch_size) * span  # (B,)
+    offsets = np.arange(span)  # (K*W,)
+    idx = starts[:, None] + offsets[None, :]  # (B, K*W)
     inputs = stream[idx].reshape(batch_size, k, window).transpose(1, 0, 2)  # (K, B, W)
     targets = stream[idx + 1].reshape(batch_size, k, window).transpose(1, 0, 2)
     return np.ascontiguousarray(inputs), np.ascontiguousarray(targets)

@@ -147,14 +147,14 @@ class CharVocab:
         except json.JSONDecodeError as e:
             raise TextFormatError(path, f"not valid JSON ({e.msg}, column {e.colno})", line=e.lineno) from None
         if not isinstance(data, dict) or data.get("format") != _FORMAT:
-            raise TextFormatError(path, f"not a character vocabulary (expected \"format\": \"{_FORMAT}\")")
+            raise TextFormatError(path, f'not a character vocabulary (expected "format": "{_FORMAT}")')
         if data.get("version") != _VERSION:
             raise TextFormatError(path, f"unsupported version {data.get('version')!r} (this jdlfs reads {_VERSION})")
         if data.get("special_ids") != _SPECIALS:
             raise TextFormatError(path, f"special ids {data.get('special_ids')!r}, expected {_SPECIALS}")
         chars = data.get("chars")
         if not isinstance(chars, list):
-            raise TextFormatError(path, "\"chars\" must be a list of single characters")
+            raise TextFormatError(path, '"chars" must be a list of single characters')
         try:
             return cls(chars)
         except ValueError as e:
@@ -162,8 +162,9 @@ class CharVocab:
 
     # ------------------------------------------------------------------ using
 
-    def encode(self, text: str | Sequence[str], *, add_bos: bool = False,
-               add_eos: bool = False) -> list[int] | list[list[int]]:
+    def encode(
+        self, text: str | Sequence[str], *, add_bos: bool = False, add_eos: bool = False
+    ) -> list[int] | list[list[int]]:
         """Ids of one text (a list of ints) or of each text of a list; unknown characters -> UNK."""
         if isinstance(text, str):
             ids = [self._index.get(c, UNK_ID) for c in text]

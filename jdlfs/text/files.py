@@ -39,13 +39,16 @@ def _hint(subdir: str, data_dir: str | os.PathLike[str] | None) -> str:
     lines = []
     if data_root(data_dir) is None:
         lines.append("No data directory was given (the data_dir argument or the JDLFS_DATA_DIR environment variable).")
-    lines.append(f"Pass data_dir=<dir> (scripts: --data-dir <dir>) or set JDLFS_DATA_DIR=<dir>, where "
-                 f"<dir>/{subdir}/ holds the files.")
+    lines.append(
+        f"Pass data_dir=<dir> (scripts: --data-dir <dir>) or set JDLFS_DATA_DIR=<dir>, where "
+        f"<dir>/{subdir}/ holds the files."
+    )
     root = data_root(data_dir)
     given = None if root is None else root.resolve()
     if (SHARED_DATA / subdir).is_dir() and given != SHARED_DATA.resolve():
-        lines.append(f"A copy is in {SHARED_DATA / subdir} (see {SHARED_DATA / 'README.md'}): "
-                     f"use <dir> = {SHARED_DATA}.")
+        lines.append(
+            f"A copy is in {SHARED_DATA / subdir} (see {SHARED_DATA / 'README.md'}): use <dir> = {SHARED_DATA}."
+        )
     return "\n".join(lines)
 
 
@@ -119,5 +122,6 @@ def read_text(path: str | os.PathLike[str], encoding: str = "utf-8") -> str:
     try:
         return data.decode(encoding)
     except UnicodeDecodeError as e:
-        raise TextFormatError(path, f"bytes {data[e.start:e.end]!r} are not valid {encoding} ({e.reason})",
-                              line=_line_at(data, e.start)) from None
+        raise TextFormatError(
+            path, f"bytes {data[e.start : e.end]!r} are not valid {encoding} ({e.reason})", line=_line_at(data, e.start)
+        ) from None

@@ -42,8 +42,13 @@ __all__ = ["MULTI30K_LANGUAGES", "MULTI30K_LINES", "MULTI30K_SPLITS", "load_mult
 #: Valid ``split`` arguments, in the order of the table above.
 MULTI30K_SPLITS = ("train", "val", "test_2016_flickr", "test_2017_flickr", "test_2017_mscoco")
 #: Line counts of the official files (for checks; :func:`load_multi30k` does not enforce them).
-MULTI30K_LINES = {"train": 29000, "val": 1014, "test_2016_flickr": 1000, "test_2017_flickr": 1000,
-                  "test_2017_mscoco": 461}
+MULTI30K_LINES = {
+    "train": 29000,
+    "val": 1014,
+    "test_2016_flickr": 1000,
+    "test_2017_flickr": 1000,
+    "test_2017_mscoco": 461,
+}
 #: Valid ``source`` / ``target`` languages.
 MULTI30K_LANGUAGES = ("de", "en")
 
@@ -78,8 +83,10 @@ def read_aligned(path_a: str | os.PathLike[str], path_b: str | os.PathLike[str])
     a, b = read_lines(path_a), read_lines(path_b)
     if len(a) != len(b):
         raise TextFormatError(
-            path_a, f"misaligned parallel files: {os.fspath(path_a)} has {len(a)} lines but {os.fspath(path_b)} "
-                    f"has {len(b)} (line {min(len(a), len(b)) + 1} has no counterpart)")
+            path_a,
+            f"misaligned parallel files: {os.fspath(path_a)} has {len(a)} lines but {os.fspath(path_b)} "
+            f"has {len(b)} (line {min(len(a), len(b)) + 1} has no counterpart)",
+        )
     return a, b
 
 
@@ -114,6 +121,10 @@ def load_multi30k(
     marker = (f"{split}.{source}.gz", f"{split}.{source}")
     directory = find_corpus_dir("multi30k", SUBDIRS, marker, data_dir)
     src_path = require_file("multi30k", directory, marker)
-    tgt_path = require_file("multi30k", directory, (f"{split}.{target}.gz", f"{split}.{target}"),
-                            f"{Path(src_path).name} was found but not its {target!r} counterpart.")
+    tgt_path = require_file(
+        "multi30k",
+        directory,
+        (f"{split}.{target}.gz", f"{split}.{target}"),
+        f"{Path(src_path).name} was found but not its {target!r} counterpart.",
+    )
     return read_aligned(src_path, tgt_path)

@@ -166,8 +166,8 @@ def _collapse(text: str) -> str:
 
 def _normalise_body(text: str, whitespace: str) -> str:
     text = text.rstrip()
-    while m := _SIGNATURE.search(text, max(0, len(text) - 64)):   # some stories are signed twice
-        text = text[:m.start()].rstrip()
+    while m := _SIGNATURE.search(text, max(0, len(text) - 64)):  # some stories are signed twice
+        text = text[: m.start()].rstrip()
     if whitespace == "collapse":
         return _collapse(text)
     if whitespace == "paragraphs":
@@ -184,8 +184,10 @@ _OUTSIDE_OK = re.compile(r"\s*(?:<!DOCTYPE[^<>]*>\s*)?")
 _D_ENTRY = re.compile(r"<D>(.*?)</D>", re.DOTALL)
 _ELEMENTS = ("TEXT", "TITLE", "DATELINE", "BODY", "TOPICS")
 # Per element: its opening tag, its closing tag, an opening tag without its '>'.
-_ELEMENT_PATTERNS = {name: (re.compile(rf"<{name}\b([^<>]*)>"), re.compile(rf"</{name}\s*>"),
-                            re.compile(rf"<{name}\b(?![^<>]*>)")) for name in _ELEMENTS}
+_ELEMENT_PATTERNS = {
+    name: (re.compile(rf"<{name}\b([^<>]*)>"), re.compile(rf"</{name}\s*>"), re.compile(rf"<{name}\b(?![^<>]*>)"))
+    for name in _ELEMENTS
+}
 
 
 class _Lines:
@@ -207,22 +209,27 @@ def _element(path, lines, doc: str, base: int, name: str) -> tuple[str | None, s
     if unclosed:
         raise TextFormatError(path, f"unterminated <{name} tag (no closing '>')", lines(base + unclosed[0].start()))
     if len(opens) > 1:
-        raise TextFormatError(path, f"second <{name}> in one document (the first is at line "
-                                    f"{lines(base + opens[0].start())})", lines(base + opens[1].start()))
+        raise TextFormatError(
+            path,
+            f"second <{name}> in one document (the first is at line {lines(base + opens[0].start())})",
+            lines(base + opens[1].start()),
+        )
     if len(closes) > 1:
         raise TextFormatError(path, f"second </{name}> in one document", lines(base + closes[1].start()))
     if opens and not closes:
-        raise TextFormatError(path, f"unterminated <{name}>: no </{name}> before the document ends",
-                              lines(base + opens[0].start()))
+        raise TextFormatError(
+            path, f"unterminated <{name}>: no </{name}> before the document ends", lines(base + opens[0].start())
+        )
     if closes and (not opens or closes[0].start() < opens[0].end()):
         raise TextFormatError(path, f"</{name}> without a preceding <{name}>", lines(base + closes[0].start()))
     if not opens:
         return None, ""
-    return doc[opens[0].end():closes[0].start()], opens[0].group(1)
+    return doc[opens[0].end() : closes[0].start()], opens[0].group(1)
 
 
-def _document(path, lines, text: str, start: int, attrs: str, body_start: int, end: int,
-              whitespace: str) -> ReutersDocument:
+def _document(
+    path, lines, text: str, start: int, attrs: str, body_start: int, end: int, whitespace: str
+) -> ReutersDocument:
     line = lines(start)
     attributes = dict(_ATTRIBUTE.findall(attrs))
     for required in ("NEWID", "LEWISSPLIT"):
@@ -282,25 +289,29 @@ def read_reuters_file(path: str | os.PathLike[str], *, whitespace: str = "collap
     text = read_text(path, "latin-1")
     lines = _Lines(text)
     docs: list[ReutersDocument] = []
-    open_at: tuple[int, str, int] | None = None   # (tag start, attribute text, content start)
+    open_at: tuple[int, str, int] | None = None  # (tag start, attribute text, content start)
     outside_from = 0
     for m in _REUTERS_TAG.finditer(text):
         end = text.find(">", m.end())
-        if end < 0 or "<" in text[m.end():end]:
+        if end < 0 or "<" in text[m.end() : end]:
             raise TextFormatError(path, f"unterminated <{m.group(1)}REUTERS tag (no closing '>')", lines(m.start()))
-        if m.group(1):   # </REUTERS>
+        if m.group(1):  # </REUTERS>
             if open_at is None:
                 raise TextFormatError(path, "</REUTERS> without a preceding <REUTERS>", lines(m.start()))
             docs.append(_document(path, lines, text, open_at[0], open_at[1], open_at[2], m.start(), whitespace))
             open_at, outside_from = None, end + 1
         else:
             if open_at is not None:
-                raise TextFormatError(path, f"<REUTERS> opened while the document of line {lines(open_at[0])} "
-                                            "is not closed (missing </REUTERS>)", lines(m.start()))
+                raise TextFormatError(
+                    path,
+                    f"<REUTERS> opened while the document of line {lines(open_at[0])} "
+                    "is not closed (missing </REUTERS>)",
+                    lines(m.start()),
+                )
             gap = _OUTSIDE_OK.match(text, outside_from, m.start())
             if gap.end() != m.start():
                 raise TextFormatError(path, "text outside any <REUTERS> document", lines(gap.end()))
-            open_at = (m.start(), text[m.end():end], end + 1)
+            open_at = (m.start(), text[m.end() : end], end + 1)
     if open_at is not None:
         raise TextFormatError(path, "unterminated <REUTERS>: the file ends before </REUTERS>", lines(open_at[0]))
     gap = _OUTSIDE_OK.match(text, outside_from)
@@ -346,18 +357,31 @@ def load_reuters(
     if not isinstance(num_files, int) or not 1 <= num_files <= len(REUTERS_FILES):
         raise ValueError(f"num_files must be an int in 1..{len(REUTERS_FILES)}, got {num_files!r}")
     directory = find_corpus_dir("reuters21578", SUBDIRS, (REUTERS_FILES[0],), data_dir)
-    paths = [require_file("reuters21578", directory, (name,),
-                          f"The distribution has {len(REUTERS_FILES)} files reut2-000.sgm .. reut2-021.sgm.")
-             for name in REUTERS_FILES[:num_files]]
+    paths = [
+        require_file(
+            "reuters21578",
+            directory,
+            (name,),
+            f"The distribution has {len(REUTERS_FILES)} files reut2-000.sgm .. reut2-021.sgm.",
+        )
+        for name in REUTERS_FILES[:num_files]
+    ]
     docs: list[ReutersDocument] = []
     for path in paths:
         for doc in read_reuters_file(path, whitespace=whitespace):
             expected = len(docs) + 1
             if doc.newid != expected:
-                raise TextFormatError(path, f"NEWID {doc.newid} where {expected} was expected: documents are "
-                                            "missing, duplicated or out of order", doc.line)
+                raise TextFormatError(
+                    path,
+                    f"NEWID {doc.newid} where {expected} was expected: documents are "
+                    "missing, duplicated or out of order",
+                    doc.line,
+                )
             docs.append(doc)
     if num_files == len(REUTERS_FILES) and len(docs) != REUTERS_DOCUMENTS:
-        raise TextFormatError(paths[-1], f"the corpus ends at NEWID {len(docs)}; the distribution has "
-                                         f"{REUTERS_DOCUMENTS} documents (is the file truncated?)")
+        raise TextFormatError(
+            paths[-1],
+            f"the corpus ends at NEWID {len(docs)}; the distribution has "
+            f"{REUTERS_DOCUMENTS} documents (is the file truncated?)",
+        )
     return docs if split is None else [d for d in docs if d.split == split]

@@ -45,8 +45,10 @@ def _as_int_row(row: Any, vocab_size: int, what: str) -> np.ndarray:
         raise TypeError(f"{what} must hold integer token ids, got dtype {a.dtype}")
     bad = np.flatnonzero((a < 0) | (a >= vocab_size))
     if bad.size:
-        raise ValueError(f"{what}: id {int(a[bad[0]])} at position {int(bad[0])} is outside 0..{vocab_size - 1} "
-                         f"(vocabulary size {vocab_size})")
+        raise ValueError(
+            f"{what}: id {int(a[bad[0]])} at position {int(bad[0])} is outside 0..{vocab_size - 1} "
+            f"(vocabulary size {vocab_size})"
+        )
     return a.astype(np.int64)
 
 
@@ -68,7 +70,7 @@ def id_rows(ids: Any, vocab_size: int, name: str = "ids") -> tuple[list[np.ndarr
     """
     if isinstance(ids, (str, bytes)):
         raise TypeError(f"{name} must be token ids, got {type(ids).__name__}")
-    if hasattr(ids, "shape") and hasattr(ids, "dtype"):   # numpy / jax array
+    if hasattr(ids, "shape") and hasattr(ids, "dtype"):  # numpy / jax array
         a = np.asarray(ids)
         if a.ndim == 1:
             return [_as_int_row(a, vocab_size, name)], False

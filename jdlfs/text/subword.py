@@ -85,8 +85,11 @@ class SubwordTokenizer:
             raise TextFormatError(where, f"not a sentencepiece model ({str(e).strip() or type(e).__name__})") from None
         found = (self._sp.pad_id(), self._sp.bos_id(), self._sp.eos_id(), self._sp.unk_id())
         if found != (PAD_ID, BOS_ID, EOS_ID, UNK_ID):
-            raise TextFormatError(where, f"the model has pad/bos/eos/unk ids {found}; jdlfs requires "
-                                         f"{(PAD_ID, BOS_ID, EOS_ID, UNK_ID)} (train it with SubwordTokenizer.train)")
+            raise TextFormatError(
+                where,
+                f"the model has pad/bos/eos/unk ids {found}; jdlfs requires "
+                f"{(PAD_ID, BOS_ID, EOS_ID, UNK_ID)} (train it with SubwordTokenizer.train)",
+            )
 
     def __reduce__(self):
         return type(self), (self.model_proto, self.path)
@@ -148,7 +151,10 @@ class SubwordTokenizer:
                 model_type=model_type,
                 character_coverage=character_coverage,
                 normalization_rule_name=normalization,
-                pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID, unk_id=UNK_ID,
+                pad_id=PAD_ID,
+                bos_id=BOS_ID,
+                eos_id=EOS_ID,
+                unk_id=UNK_ID,
                 num_threads=1,
                 input_sentence_size=0,
                 shuffle_input_sentence=False,
@@ -188,8 +194,9 @@ class SubwordTokenizer:
         """Number of ids, specials included."""
         return self._sp.get_piece_size()
 
-    def encode(self, text: str | Sequence[str], *, add_bos: bool = False,
-               add_eos: bool = False) -> list[int] | list[list[int]]:
+    def encode(
+        self, text: str | Sequence[str], *, add_bos: bool = False, add_eos: bool = False
+    ) -> list[int] | list[list[int]]:
         """Token ids of one text (a list of ints) or of each text of a list (a list of lists).
 
         ``add_bos`` / ``add_eos`` put BOS first / EOS last.

@@ -16,14 +16,41 @@ Typical use::
                        test_data=(x_test, y_test), checkpoint="runs/x/checkpoint")
 """
 
-from .loop import (Evaluator, FitResult, evaluate, fit, full_batch, load_checkpoint, make_evaluate, num_examples,
-                   save_checkpoint)
+from .loop import (
+    Evaluator,
+    FitResult,
+    evaluate,
+    fit,
+    full_batch,
+    load_checkpoint,
+    make_evaluate,
+    num_examples,
+    save_checkpoint,
+)
 from .objectives import EvalFn, Objective, Task, classification, sequence, summarize
 from .parallel import make_mesh
 from .step import TrainState, init_train_state, make_scan_steps, make_train_step, make_update
 
 __all__ = [
-    "EvalFn", "Evaluator", "FitResult", "Objective", "Task", "TrainState", "classification", "evaluate", "fit",
-    "full_batch", "init_train_state", "load_checkpoint", "make_evaluate", "make_mesh", "make_scan_steps",
-    "make_train_step", "make_update", "num_examples", "save_checkpoint", "sequence", "summarize",
+    "EvalFn",
+    "Evaluator",
+    "FitResult",
+    "Objective",
+    "Task",
+    "TrainState",
+    "classification",
+    "evaluate",
+    "fit",
+    "full_batch",
+    "init_train_state",
+    "load_checkpoint",
+    "make_evaluate",
+    "make_mesh",
+    "make_scan_steps",
+    "make_train_step",
+    "make_update",
+    "num_examples",
+    "save_checkpoint",
+    "sequence",
+    "summarize",
 ]

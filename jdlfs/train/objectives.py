@@ -29,7 +29,8 @@ new_state)``.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import chex
 import jax
@@ -50,6 +51,7 @@ class Task(NamedTuple):
     and test data before anything is compiled (e.g. labels in range) and
     raises ``ValueError`` naming ``name``.
     """
+
     objective: Objective
     evaluate: EvalFn | None = None
     check: Callable[[Any, str], None] | None = None
@@ -99,8 +101,9 @@ def _check_labels(num_classes: int | None, ndim: int, what: str, pad_id: int | N
         if not jnp.issubdtype(labels.dtype, jnp.integer):
             raise TypeError(f"{name} labels must be integer {what}, got dtype {labels.dtype}")
         if labels.ndim != ndim:
-            raise ValueError(f"{name} labels must have shape {'(N,)' if ndim == 1 else '(N, T)'} ({what}), "
-                             f"got {tuple(labels.shape)}")
+            raise ValueError(
+                f"{name} labels must have shape {'(N,)' if ndim == 1 else '(N, T)'} ({what}), got {tuple(labels.shape)}"
+            )
         if not labels.size:
             return
         values = np.asarray(labels)
@@ -109,15 +112,24 @@ def _check_labels(num_classes: int | None, ndim: int, what: str, pad_id: int | N
         if np.any(bad):
             span = "[0, inf)" if num_classes is None else f"[0, {num_classes})"
             extra = "" if pad_id is None else f" (pad_id {pad_id} aside)"
-            raise ValueError(f"{name} has {int(np.sum(bad))} labels outside {span}{extra} "
-                             f"(min {int(real.min())}, max {int(real.max())})")
+            raise ValueError(
+                f"{name} has {int(np.sum(bad))} labels outside {span}{extra} "
+                f"(min {int(real.min())}, max {int(real.max())})"
+            )
+
     return check
 
 
 # ---------------------------------------------------------------- classification
-def classification(model, *, num_classes: int | None = None, preprocess: Callable | None = None,
-                   augment: Callable | None = None, label_smoothing: float = 0.0,
-                   loss_fn: Callable | None = None) -> Task:
+def classification(
+    model,
+    *,
+    num_classes: int | None = None,
+    preprocess: Callable | None = None,
+    augment: Callable | None = None,
+    label_smoothing: float = 0.0,
+    loss_fn: Callable | None = None,
+) -> Task:
     """Classification with integer labels: ``batch = (inputs, labels)``.
 
     * ``preprocess(inputs)`` maps raw inputs (e.g. uint8 images) to the model's
@@ -180,16 +192,25 @@ def classification(model, *, num_classes: int | None = None, preprocess: Callabl
         valid = (labels >= 0) & (labels < k)
         sums, w = _sums(eval_loss(logits, labels, weights), logits, labels, weights)
         pred = jnp.argmax(logits, -1)
-        conf = jnp.zeros((k, k), jnp.int32).at[jnp.where(valid, labels, 0), pred].add(
-            jnp.where(valid, w, 0).astype(jnp.int32))
+        conf = (
+            jnp.zeros((k, k), jnp.int32)
+            .at[jnp.where(valid, labels, 0), pred]
+            .add(jnp.where(valid, w, 0).astype(jnp.int32))
+        )
         return {**sums, "confusion": conf}
 
     return Task(objective, evaluate, _check_labels(num_classes, 1, "class ids"))
 
 
 # ---------------------------------------------------------------- sequences
-def sequence(model, *, pad_id: int | None = None, vocab_size: int | None = None, label_smoothing: float = 0.0,
-             preprocess: Callable | None = None) -> Task:
+def sequence(
+    model,
+    *,
+    pad_id: int | None = None,
+    vocab_size: int | None = None,
+    label_smoothing: float = 0.0,
+    preprocess: Callable | None = None,
+) -> Task:
     """Per-token classification: ``batch = (inputs, labels)`` with labels
     ``(B, T)`` token ids and logits ``(B, T, V)``.
 
@@ -213,8 +234,9 @@ def sequence(model, *, pad_id: int | None = None, vocab_size: int | None = None,
         inputs, labels = batch
         logits, new_state = apply(params, state, prep(inputs), key=key, train=train)
         chex.assert_rank([logits, labels], [3, 2], custom_message="sequence expects logits (B, T, V), labels (B, T)")
-        chex.assert_equal_shape_prefix([logits, labels], 2,
-                                       custom_message="sequence: logits (B, T, V) must match labels (B, T)")
+        chex.assert_equal_shape_prefix(
+            [logits, labels], 2, custom_message="sequence: logits (B, T, V) must match labels (B, T)"
+        )
         mask = jnp.ones(labels.shape, jnp.float32)
         if pad_id is not None:
             mask = mask * (labels != pad_id)
@@ -223,10 +245,12 @@ def sequence(model, *, pad_id: int | None = None, vocab_size: int | None = None,
         loss = F.softmax_cross_entropy(logits, labels, mask=mask, label_smoothing=smoothing)
         count = jnp.sum(mask)
         nll = loss if smoothing == 0.0 else jax.lax.stop_gradient(F.softmax_cross_entropy(logits, labels, mask=mask))
-        sums = {"loss": loss.astype(jnp.float32) * count,
-                "accuracy": jnp.sum(mask * (jnp.argmax(logits, -1) == labels)),
-                "bits_per_token": nll.astype(jnp.float32) * count / math.log(2.0),
-                "count": count}
+        sums = {
+            "loss": loss.astype(jnp.float32) * count,
+            "accuracy": jnp.sum(mask * (jnp.argmax(logits, -1) == labels)),
+            "bits_per_token": nll.astype(jnp.float32) * count / math.log(2.0),
+            "count": count,
+        }
         return loss, new_state, sums
 
     def objective(params, state, batch, key, *, weights=None):

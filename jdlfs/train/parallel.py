@@ -23,7 +23,8 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 AXIS = "data"
 
@@ -36,8 +37,10 @@ def make_mesh(devices: int | Sequence[jax.Device] | None = None) -> Mesh:
         chosen = available
     elif isinstance(devices, (int, np.integer)) and not isinstance(devices, bool):
         if not 1 <= devices <= len(available):
-            raise ValueError(f"devices={devices} but {len(available)} device(s) are available "
-                             f"({available[0].platform}); pass 1..{len(available)} or None for all")
+            raise ValueError(
+                f"devices={devices} but {len(available)} device(s) are available "
+                f"({available[0].platform}); pass 1..{len(available)} or None for all"
+            )
         chosen = available[:devices]
     else:
         chosen = list(devices)
@@ -57,8 +60,10 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 def check_divisible(batch_size: int, mesh: Mesh, name: str = "batch_size") -> None:
     n = mesh.size
     if batch_size % n:
-        raise ValueError(f"{name}={batch_size} is not divisible by the {n} devices: each device must get "
-                         f"the same share of the batch (use a multiple of {n}, or devices=... to use fewer)")
+        raise ValueError(
+            f"{name}={batch_size} is not divisible by the {n} devices: each device must get "
+            f"the same share of the batch (use a multiple of {n}, or devices=... to use fewer)"
+        )
 
 
 def replicate(tree, mesh: Mesh):

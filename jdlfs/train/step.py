@@ -11,7 +11,8 @@ parameters stay bit-identical and XLA drops their unused gradients.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,9 +21,9 @@ import optax
 
 class TrainState(NamedTuple):
     params: Any
-    state: Any            # model state (batch-norm running statistics, ...)
+    state: Any  # model state (batch-norm running statistics, ...)
     opt_state: Any
-    step: jax.Array       # int32 scalar, number of updates so far
+    step: jax.Array  # int32 scalar, number of updates so far
 
 
 def init_train_state(params, state, optimizer: optax.GradientTransformation) -> TrainState:
@@ -45,6 +46,7 @@ def make_train_step(objective: Callable, optimizer: optax.GradientTransformation
 def make_update(objective: Callable, optimizer: optax.GradientTransformation) -> Callable:
     """Like :func:`make_train_step` but ``update(ts, batch, key) -> (ts, loss,
     metrics)``, with the loss the objective returned (before the update)."""
+
     def update(ts: TrainState, batch, key):
         def loss_of(params):
             return objective(params, ts.state, batch, key)
@@ -68,6 +70,7 @@ def make_scan_steps(train_step: Callable) -> Callable:
     It is here for models where a scan measures faster, and as the reference
     the benchmark compares against.
     """
+
     @jax.jit
     def run(ts, batches, key):
         def body(ts, batch):
