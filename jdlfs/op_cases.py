@@ -13,6 +13,7 @@ gives pooling inputs all-different values.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -174,6 +175,19 @@ def _ref_rnn(x, h0, w_x, w_h, b):
         h = jnp.tanh(x[:, t] @ w_x + h @ w_h + b)
         hs.append(h)
     return jnp.stack(hs, axis=1), h
+
+
+def _lstm_args(r, d, *, shape):
+    """x (B, T, D), h0, c0 (B, H), w_x (D, 4H), w_h (H, 4H), b (4H,) for the lstm cases."""
+    b, t, din, h = shape
+    return (
+        _normal(r, d, b, t, din),
+        _normal(r, d, b, h),
+        _normal(r, d, b, h),
+        _normal(r, d, din, 4 * h, scale=0.5),
+        _normal(r, d, h, 4 * h, scale=0.4),
+        _normal(r, d, 4 * h, scale=0.1),
+    )
 
 
 def _ref_lstm(x, h0, c0, w_x, w_h, b):
@@ -475,48 +489,12 @@ def _cases() -> list[OpCase]:
         ),
         _ref_rnn,
     )
-    add(
-        "lstm",
-        "B=3 T=7 D=4 H=5",
-        F.lstm,
-        lambda r, d: (
-            _normal(r, d, 3, 7, 4),
-            _normal(r, d, 3, 5),
-            _normal(r, d, 3, 5),
-            _normal(r, d, 4, 20, scale=0.5),
-            _normal(r, d, 5, 20, scale=0.4),
-            _normal(r, d, 20, scale=0.1),
-        ),
-        _ref_lstm,
-    )
-    add(
-        "lstm",
-        "B=2 T=1 D=3 H=4 single step",
-        F.lstm,
-        lambda r, d: (
-            _normal(r, d, 2, 1, 3),
-            _normal(r, d, 2, 4),
-            _normal(r, d, 2, 4),
-            _normal(r, d, 3, 16, scale=0.5),
-            _normal(r, d, 4, 16, scale=0.4),
-            _normal(r, d, 16, scale=0.1),
-        ),
-        _ref_lstm,
-    )
-    add(
-        "lstm",
-        "B=2 T=32 D=3 H=4 long sequence",
-        F.lstm,
-        lambda r, d: (
-            _normal(r, d, 2, 32, 3),
-            _normal(r, d, 2, 4),
-            _normal(r, d, 2, 4),
-            _normal(r, d, 3, 16, scale=0.5),
-            _normal(r, d, 4, 16, scale=0.4),
-            _normal(r, d, 16, scale=0.1),
-        ),
-        _ref_lstm,
-    )
+    for label, (b, t, d, h) in [
+        ("B=3 T=7 D=4 H=5", (3, 7, 4, 5)),
+        ("B=2 T=1 D=3 H=4 single step", (2, 1, 3, 4)),
+        ("B=2 T=32 D=3 H=4 long sequence", (2, 32, 3, 4)),
+    ]:
+        add("lstm", label, F.lstm, functools.partial(_lstm_args, shape=(b, t, d, h)), _ref_lstm)
 
     # patches and tokens
     add(
