@@ -143,12 +143,16 @@ def shuffle(key: jax.Array, *arrays: ArrayLike) -> tuple[ArrayLike, ...]:
     return tuple(_take(a, perm) for a in arrays)
 
 
-def _tree_length(data, name: str = "data") -> int:
-    """Common leading dimension of every array in the pytree ``data``."""
+def num_examples(data: Any, name: str = "data") -> int:
+    """The common leading (example) dimension of every array in the pytree ``data``."""
     leaves = jax.tree.leaves(data)
     if not leaves:
         raise ValueError(f"{name} holds no arrays")
-    return _length(tuple(leaves))
+    sizes = {np.shape(a)[0] if np.ndim(a) else None for a in leaves}
+    if None in sizes or len(sizes) != 1:
+        shapes = [tuple(np.shape(a)) for a in leaves]
+        raise ValueError(f"every array in {name} needs the same leading dimension (the example axis), got {shapes}")
+    return sizes.pop()
 
 
 def batches(
@@ -175,7 +179,7 @@ def batches(
       dimension ``B``, of the input's array type; each example appears at
       most once per epoch (exactly once unless dropped as remainder).
     """
-    n = _tree_length(data)
+    n = num_examples(data)
     if int(batch_size) != batch_size or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     stop = n - n % batch_size if drop_remainder else n
@@ -215,7 +219,7 @@ def epoch_arrays(key: jax.Array | None, data: Any, batch_size: int) -> Any:
       ValueError: mismatched leading dimensions, or ``batch_size`` not in
         ``1..N``.
     """
-    n = _tree_length(data)
+    n = num_examples(data)
     if batch_size <= 0 or batch_size > n:
         raise ValueError(f"batch_size must be in 1..{n} (the number of examples), got {batch_size}")
     num_batches = n // batch_size

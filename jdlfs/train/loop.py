@@ -48,6 +48,7 @@ import optax
 from jax import lax
 
 from .. import checkpoint as ckpt
+from ..data.pipeline import num_examples
 from ..layers import Layer
 from . import parallel
 from .objectives import Task, classification, summarize
@@ -55,18 +56,6 @@ from .step import TrainState, init_train_state, make_train_step, make_update
 
 
 # ---------------------------------------------------------------- data helpers
-def num_examples(data, name: str = "data") -> int:
-    """The common leading dimension of every array in the pytree ``data``."""
-    leaves = jax.tree.leaves(data)
-    if not leaves:
-        raise ValueError(f"{name} holds no arrays")
-    sizes = {np.shape(a)[0] if np.ndim(a) else None for a in leaves}
-    if None in sizes or len(sizes) != 1:
-        shapes = [tuple(np.shape(a)) for a in leaves]
-        raise ValueError(f"every array in {name} needs the same leading (example) dimension, got shapes {shapes}")
-    return sizes.pop()
-
-
 def _sum_zeros(shapes) -> dict:
     """Zero accumulators for metric sums: floats accumulate in float32 or wider."""
 
