@@ -12,7 +12,7 @@ reads the accumulator only for the progress bar (about once a second), at
 Measured on the 2-core CPU (jax 0.10.2, ``scripts/bench_train.py``): a
 ``lax.scan`` over the steps of an epoch runs XLA:CPU's convolutions inside a
 while loop, which is 20-60x slower than the same convolutions outside one
-(upstream jax-ml/jax#12868): CIFAR CNN 30 images/s scanned vs ~680 in a loop
+(upstream jax-ml/jax#12868): CIFAR CNN + BN 26 images/s scanned vs 596 in a loop
 of jitted steps. The loop costs the MLP little against a scan (the step
 dominates its dispatch). ``scripts/bench_train.py`` measures fit's epoch
 against a bare loop of the same jitted step and against a scan (2-core CPU,
