@@ -13,8 +13,8 @@ Measured on the 2-core CPU (jax 0.10.2, ``scripts/bench_train.py``): a
 ``lax.scan`` over the steps of an epoch runs XLA:CPU's convolutions inside a
 while loop, which is 20-60x slower than the same convolutions outside one
 (upstream jax-ml/jax#12868): CIFAR CNN + BN 26 images/s scanned vs 596 in a loop
-of jitted steps. The loop costs the MLP little against a scan (the step
-dominates its dispatch). ``scripts/bench_train.py`` measures fit's epoch
+of jitted steps. The loop does cost the MLP (a ~0.4 ms step, so dispatch
+shows): a scan runs it 1.4x faster. ``scripts/bench_train.py`` measures fit's epoch
 against a bare loop of the same jitted step and against a scan (2-core CPU,
 images/s, median of 5 interleaved rounds): MNIST MLP bare 167,614 / fit
 149,476 / scan 237,904; LeNet 15,845 / 17,512 / 17,200; CIFAR CNN + BN
