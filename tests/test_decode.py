@@ -1,0 +1,200 @@
+"""jdlfs.decode: greedy, sampling and beam search over a step function.
+
+The toy models here are small enough to enumerate every sequence, so beam
+search is checked against the exact answer, and their logits depend on the
+cache (the running sum of the tokens fed so far), so a cache that is not
+carried or not reordered with its beam gives wrong answers.
+"""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jdlfs import decode
+
+V, EOS, PAD = 5, 2, 0
+
+
+def toy(seed: int = 0, vocab: int = V):
+    """A random model whose next-token logits depend on the token and on the
+    cache (the sum of every token fed so far, mod 3). Returns the step
+    function and ``logp(prefix_tokens) -> log-probs of the next token``."""
+    table = np.asarray(jax.random.normal(jax.random.key(seed), (vocab, 3, vocab))) * 2.0
+
+    def step_fn(tokens, position, cache):
+        total = cache["sum"] + tokens
+        return jnp.asarray(table)[tokens, total % 3], {"sum": total}
+
+    def logp(tokens):
+        total = sum(tokens)
+        row = table[tokens[-1], total % 3].astype(np.float64)
+        return row - np.log(np.sum(np.exp(row - row.max()))) - row.max()
+
+    return step_fn, logp
+
+
+def cache0(rows):
+    return {"sum": jnp.zeros((rows,), jnp.int32)}
+
+
+def reference_greedy(logp, start, max_len):
+    seq = [start]
+    out = []
+    for _ in range(max_len):
+        t = int(np.argmax(logp(seq)))
+        out.append(t)
+        seq.append(t)
+        if t == EOS:
+            break
+    return out + [PAD] * (max_len - len(out))
+
+
+def exact_best(logp, start, max_len, alpha):
+    """The best-scoring hypothesis over every sequence (ended by EOS, or of length max_len)."""
+    best, best_score = None, -np.inf
+    for length in range(1, max_len + 1):
+        for body in itertools.product([t for t in range(V) if t != EOS], repeat=length - 1):
+            for last in range(V):
+                if length < max_len and last != EOS:
+                    continue
+                seq = list(body) + [last]
+                lp = sum(logp([start] + seq[:j])[seq[j]] for j in range(length))
+                score = lp / ((5.0 + length) / 6.0) ** alpha
+                if score > best_score:
+                    best, best_score = seq, score
+    return best + [PAD] * (max_len - len(best)), best_score
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_greedy_matches_step_by_step_argmax(seed):
+    step_fn, logp = toy(seed)
+    start = jnp.array([1, 3, 4], jnp.int32)
+    ids = jax.jit(lambda s: decode.greedy(step_fn, cache0(3), s, max_len=6, eos_id=EOS))(start)
+    assert ids.shape == (3, 6) and ids.dtype == jnp.int32
+    for r, s in enumerate([1, 3, 4]):
+        assert ids[r].tolist() == reference_greedy(logp, s, 6)
+
+
+def test_greedy_keeps_eos_then_pads():
+    def step_fn(tokens, position, cache):
+        # position 0: token 4 wins; from position 1 on EOS wins
+        logits = jnp.where(jnp.arange(V) == EOS, 10.0, 0.0) * (position >= 1) + jnp.where(jnp.arange(V) == 4, 5.0, 0.0)
+        return jnp.broadcast_to(logits, (tokens.shape[0], V)), cache
+
+    ids = decode.greedy(step_fn, cache0(2), jnp.array([1, 1]), max_len=8, eos_id=EOS)
+    assert ids.tolist() == [[4, EOS] + [PAD] * 6] * 2
+    # without an eos_id nothing stops: the row keeps emitting EOS, the argmax
+    ids = decode.greedy(step_fn, cache0(2), jnp.array([1, 1]), max_len=4)
+    assert ids.tolist() == [[4, EOS, EOS, EOS]] * 2
+
+
+def test_sample_is_deterministic_for_a_key_and_follows_temperature():
+    step_fn, logp = toy(3)
+    start = jnp.full((400,), 1, jnp.int32)
+    f = jax.jit(lambda k, t: decode.sample(step_fn, cache0(400), start, k, max_len=1, temperature=t), static_argnums=1)
+    a, b = f(jax.random.key(0), 1.0), f(jax.random.key(0), 1.0)
+    assert a.tolist() == b.tolist()
+    assert a.tolist() != f(jax.random.key(1), 1.0).tolist()
+    # first-token frequencies match softmax(logits / T): low T concentrates on the argmax
+    p1 = np.exp(logp([1]))
+    freq = np.bincount(np.asarray(a[:, 0]), minlength=V) / 400
+    assert np.abs(freq - p1).max() < 0.1
+    cold = np.asarray(f(jax.random.key(0), 0.05)[:, 0])
+    assert np.mean(cold == np.argmax(p1)) > 0.97
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_beam_one_equals_greedy(seed):
+    step_fn, _ = toy(seed)
+    start = jnp.array([1, 3, 4, 0], jnp.int32)
+    g = decode.greedy(step_fn, cache0(4), start, max_len=7, eos_id=EOS)
+    for alpha in (0.0, 0.6, 2.0):
+        ids, _ = decode.beam_search(step_fn, cache0(4), start, beam_size=1, eos_id=EOS, max_len=7, length_penalty=alpha)
+        assert ids.tolist() == g.tolist()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 4])
+def test_wide_beam_finds_the_exact_best_sequence(seed):
+    """A beam as wide as the number of prefixes is exhaustive; with no length
+    penalty the stopping rule is exact, so the answer must be the global best."""
+    step_fn, logp = toy(seed)
+    max_len = 3
+    start = jnp.array([1, 3], jnp.int32)
+    ids, scores = jax.jit(
+        lambda s: decode.beam_search(
+            step_fn, cache0(2), s, beam_size=V**max_len, eos_id=EOS, max_len=max_len, length_penalty=0.0
+        )
+    )(start)
+    for r, s in enumerate([1, 3]):
+        best, best_score = exact_best(logp, s, max_len, 0.0)
+        assert ids[r].tolist() == best
+        np.testing.assert_allclose(float(scores[r]), best_score, rtol=1e-5, atol=1e-5)
+
+
+def test_beam_search_beats_or_ties_greedy_and_reorders_the_cache():
+    step_fn, logp = toy(5)
+    start = jnp.arange(V, dtype=jnp.int32)
+    g = decode.greedy(step_fn, cache0(V), start, max_len=4, eos_id=EOS)
+    ids, scores = decode.beam_search(step_fn, cache0(V), start, beam_size=4, eos_id=EOS, max_len=4, length_penalty=0.0)
+
+    def score(s, seq):
+        seq = seq[: seq.index(EOS) + 1] if EOS in seq else seq  # token 0 (= PAD) is a real token here
+        return sum(logp([s] + seq[:j])[seq[j]] for j in range(len(seq)))
+
+    for r in range(V):
+        # the reported score is the true log-prob of the returned sequence: only true if the
+        # cache travelled with its beam
+        np.testing.assert_allclose(float(scores[r]), score(r, ids[r].tolist()), rtol=1e-5, atol=1e-5)
+        assert float(scores[r]) >= score(r, g[r].tolist()) - 1e-5
+
+
+def test_beam_search_output_convention():
+    step_fn, _ = toy(6)
+    ids, scores = decode.beam_search(
+        step_fn, cache0(3), jnp.array([1, 2, 3]), beam_size=3, eos_id=EOS, max_len=6, length_penalty=0.6
+    )
+    assert ids.shape == (3, 6) and ids.dtype == jnp.int32 and scores.shape == (3,)
+    for row in ids.tolist():
+        if EOS in row:
+            assert all(t == PAD for t in row[row.index(EOS) + 1 :])
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"max_len": 0}, "max_len"),
+        ({"max_len": 2.5}, "max_len"),
+        ({"max_len": 3, "eos_id": -1}, "eos_id"),
+    ],
+)
+def test_greedy_refuses_bad_arguments(kwargs, match):
+    step_fn, _ = toy()
+    with pytest.raises(ValueError, match=match):
+        decode.greedy(step_fn, cache0(2), jnp.array([1, 1]), **kwargs)
+
+
+def test_bad_start_tokens_cache_beam_and_temperature():
+    step_fn, _ = toy()
+    with pytest.raises(ValueError, match="start_tokens"):
+        decode.greedy(step_fn, cache0(2), jnp.array([[1, 1]]), max_len=3)
+    with pytest.raises(ValueError, match="start_tokens"):
+        decode.greedy(step_fn, cache0(2), jnp.array([1.0, 1.0]), max_len=3)
+    with pytest.raises(ValueError, match=r"cache leaf \['sum'\].*leading axis 2"):
+        decode.greedy(step_fn, cache0(3), jnp.array([1, 1]), max_len=3)
+    with pytest.raises(ValueError, match="beam_size"):
+        decode.beam_search(step_fn, cache0(2), jnp.array([1, 1]), beam_size=0, eos_id=EOS, max_len=3)
+    with pytest.raises(ValueError, match="length_penalty"):
+        decode.beam_search(step_fn, cache0(2), jnp.array([1, 1]), beam_size=2, eos_id=EOS, max_len=3, length_penalty=-1)
+    with pytest.raises(ValueError, match="temperature"):
+        decode.sample(step_fn, cache0(2), jnp.array([1, 1]), jax.random.key(0), max_len=3, temperature=0.0)
+
+
+@pytest.mark.parametrize("dtype", [jnp.int8, jnp.uint8, jnp.int64, jnp.uint32])
+def test_start_tokens_of_any_integer_width(dtype):
+    step_fn, _ = toy()
+    ref = decode.greedy(step_fn, cache0(2), jnp.array([1, 3], jnp.int32), max_len=4, eos_id=EOS)
+    got = decode.greedy(step_fn, cache0(2), np.array([1, 3], dtype=dtype), max_len=4, eos_id=EOS)
+    assert got.tolist() == ref.tolist()
