@@ -18,8 +18,12 @@ compiled step with the step's key (``--no-augment`` for the seed's plain
 recipe); SGD + Nesterov momentum 0.9, weight decay 5e-4 (added to the
 gradient), a one-cycle schedule (optax ``cosine_onecycle_schedule``: 15%
 warm-up from peak/25, cosine down to peak/25e3) with peak lr 0.05, batch 128,
-20 epochs, label smoothing 0.1 (``--label-smoothing``), ``--optimizer adamw``
-for AdamW. Both models get the same recipe.
+30 epochs, dropout 0.25 before fc2 (``--dropout``), label smoothing 0.1
+(``--label-smoothing``), ``--optimizer adamw`` for AdamW. Both models get the
+same recipe. An earlier 20-epoch recipe with dropout 0.5 ended with the BN
+model's training accuracy (augmented, dropout on) at 80.0% and its loss still
+falling: it was underfitting, so this recipe trains longer and regularises
+less.
 
 Learning-rate sweep: peak lr in ``--sweep-lrs`` (default 0.003 ... 1.0, six
 values spanning 333x) for both models, each trained ``--sweep-epochs`` epochs
@@ -275,7 +279,7 @@ def plot_filters(w):
 # ---------------------------------------------------------------- main
 def main(argv=None) -> dict:
     p = runs.experiment_parser("cifar_cnn", __doc__.split("\n\n")[0])
-    p.add_argument("--epochs", type=int, default=20, help="epochs of each main run (--quick: 1)")
+    p.add_argument("--epochs", type=int, default=30, help="epochs of each main run (--quick: 1)")
     p.add_argument("--batch-size", type=int, default=128, help="examples per step")
     p.add_argument(
         "--optimizer",
@@ -286,7 +290,7 @@ def main(argv=None) -> dict:
     p.add_argument("--lr", type=float, default=None, help="peak learning rate; default 0.05 (sgd), 3e-3 (adamw)")
     p.add_argument("--weight-decay", type=float, default=None, help="default 5e-4 (sgd), 0.05 (adamw)")
     p.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing of the training loss")
-    p.add_argument("--dropout", type=float, default=0.5, help="dropout rate before fc2")
+    p.add_argument("--dropout", type=float, default=0.25, help="dropout rate before fc2")
     p.add_argument("--no-augment", action="store_true", help="no random crop / flip (the seed's recipe)")
     p.add_argument("--models", default="bn,plain", help="comma-separated main runs: bn, plain")
     p.add_argument("--sweep-lrs", default="0.003,0.01,0.03,0.1,0.3,1.0", help="peak lrs of the sweep")

@@ -67,6 +67,7 @@ import numpy as np
 from jdlfs import data
 from jdlfs.checkpoint import CheckpointError
 from jdlfs.data import DataFormatError, DatasetNotFoundError
+from jdlfs.text.errors import CorpusNotFoundError
 
 plt.switch_backend("Agg")  # figures are files; no display needed
 
@@ -112,7 +113,13 @@ class UsageError(Exception):
 
 #: Exception types :func:`run_main` reports as a user mistake (message, exit status 2, no traceback).
 #: Append a library's own "your input is wrong" error here (e.g. a checkpoint that does not match).
-USER_ERRORS: list[type[BaseException]] = [UsageError, DatasetNotFoundError, DataFormatError, CheckpointError]
+USER_ERRORS: list[type[BaseException]] = [
+    UsageError,
+    DatasetNotFoundError,
+    CorpusNotFoundError,
+    DataFormatError,
+    CheckpointError,
+]
 
 
 # ----------------------------------------------------------------- JSON

@@ -34,7 +34,7 @@ from jdlfs import runs
 
 def main(argv=None):
     p = runs.experiment_parser("fake", __doc__)
-    p.add_argument("--mode", default="ok", help="what to do: ok, data, usage, usage-early, interrupt, wait, bug")
+    p.add_argument("--mode", default="ok", help="what to do: ok, data, corpus, usage, usage-early, interrupt, wait, bug")
     p.add_argument("--checkpoint", action="store_true", help="write a checkpoint folder first")
     args = p.parse_args(argv)
     if args.mode == "usage-early":
@@ -47,6 +47,10 @@ def main(argv=None):
         return runs.finish(args, {"train_examples": len(y_train), "test_examples": len(y_test)})
     if args.mode == "usage":
         raise runs.UsageError("--devices 3 does not divide --batch-size 64")
+    if args.mode == "corpus":
+        from jdlfs.text import load_reuters
+
+        load_reuters(split="train", data_dir=args.data_dir)
     if args.mode == "interrupt":
         raise KeyboardInterrupt
     if args.mode == "wait":
@@ -350,6 +354,13 @@ def test_usage_error_is_exit_2_without_traceback(fake, tmp_path, mode):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert re.search(r"fake\.py: error: --\w", r.stderr)
     assert run_folders(tmp_path) == []  # the started run wrote nothing else: removed
+
+
+def test_missing_corpus_is_one_message_and_exit_2(fake, tmp_path):
+    r = fake("--mode", "corpus", "--data-dir", str(tmp_path / "nodata"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "fake.py: error:" in r.stderr and "reuters21578" in r.stderr
+    assert run_folders(tmp_path) == []
 
 
 def test_keyboard_interrupt_is_one_line_and_exit_130(fake, tmp_path):
