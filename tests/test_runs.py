@@ -34,7 +34,7 @@ from jdlfs import runs
 
 def main(argv=None):
     p = runs.experiment_parser("fake", __doc__)
-    p.add_argument("--mode", default="ok", help="what to do: ok, data, corpus, usage, usage-early, interrupt, wait, bug")
+    p.add_argument("--mode", default="ok", help="ok, data, corpus, usage, usage-early, interrupt, wait, bug")
     p.add_argument("--checkpoint", action="store_true", help="write a checkpoint folder first")
     args = p.parse_args(argv)
     if args.mode == "usage-early":
