@@ -55,7 +55,7 @@ def main(argv=None):
         raise KeyboardInterrupt
     if args.mode == "wait":
         print("ready", flush=True)
-        time.sleep(60)
+        time.sleep(600)
     if args.mode == "bug":
         raise ValueError("boom")
     return runs.finish(args, {"value": 1.5})
@@ -390,7 +390,7 @@ def test_sigint_while_running(fake, tmp_path):
     try:
         assert proc.stdout.readline().strip() == "ready"
         proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=60)
+        _, stderr = proc.communicate(timeout=240)
     finally:
         if proc.poll() is None:
             proc.kill()
