@@ -40,10 +40,11 @@ of norm 10^5 moves the weights by 10^5 * lr. (Adam divides by a running RMS of
 the gradients, which hides the spikes' size, not their damage.)
 
 Measured with the default demonstration (SGD lr 1.0, 200 steps each, first
-windows of the full training streams): without clipping the gradient norm
-jumps to 1.8e6 at step 13 and training is wrecked (6.78 bpc at step 1, 36.8
-averaged over the last 20 steps, gradient norms stuck near 10); with clipping
-the largest raw norm is 8.0 and training goes 6.78 -> 2.71 bpc.
+windows of the full training streams; the full default run of 2026-11-24):
+without clipping the raw gradient norm peaks at 141 at step 6 and training is
+wrecked (6.76 bpc at step 1, 101 averaged over the last 20 steps, median norm
+16); with clipping the largest raw norm is 7.7 and training goes 6.76 -> 2.74
+bpc.
 
 Vanishing gradients: for the trained model, ``||dL_T / dh_t||`` (the gradient of
 the loss at the last position of a ``--distance``-character stretch with respect
@@ -76,20 +77,17 @@ record span all epochs), and a checkpoint made with other epochs is refused.
 
 Default configuration (both cells: embedding 64, batch 64 streams, window 128,
 2 epochs = 20.9 M training characters, Adam with clipping at 1.0): vanilla RNN
-hidden 512, lr 2e-3 (346,777 parameters); LSTM hidden 256, lr 5e-3 (357,273
-parameters) -- the same recurrent weight count (262,144) and about the same
+hidden 512, lr 2e-3 (349,085 parameters with the 93-symbol vocabulary); LSTM
+hidden 256, lr 5e-3 (358,557 parameters) -- the same recurrent weight count (262,144) and about the same
 cost per character, so the table compares like with like. Chosen from short
 pilots on the first 3 M training characters (366 steps, 2-core CPU shared
 with a CIFAR run, so their timings are pessimistic): vanilla RNN 512 with
 Adam 2e-3 reached 2.09 training bpc at step 366 (constant lr) where SGD 1.0 +
 clipping reached 2.40 and SGD 0.2 without clipping 2.90; LSTM 256 reached
 2.69 held-out bpc with Adam 2e-3 and 2.34 with 5e-3 (one-epoch schedule).
-Cost measured as characters per CPU-second (the idle-machine rate if XLA
-used one core, a lower bound): training 26,400 (RNN 512) and 21,100 (LSTM
-256), held-out evaluation 95,000 and 65,700; so on the idle 2-core CPU at
-most ~18 minutes for the vanilla run (two 200-step SGD runs 2 min, training
-13 min, two evaluations of the 4.1 M-character test stream 1.5 min) and ~20
-minutes for the LSTM run (training 16.5 min, evaluations 2 min).
+Measured on the idle 2-core CPU (full default runs): vanilla run 10.4 min
+(42,500 training / 194,000 evaluation characters per second, held-out 1.764
+bpc), LSTM run 10.6 min (36,500 / 159,000 characters per second, 1.806 bpc).
 
 Usage::
 

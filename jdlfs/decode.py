@@ -165,9 +165,12 @@ def sample(
     """Ancestral sampling from ``softmax(logits / temperature)``; step ``i``
     draws with ``fold_in(key, i)``, so a key gives the same text every time.
     Returns ids ``(B, max_len)``."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+    try:
+        t = float(temperature) if not isinstance(temperature, bool) and np.ndim(temperature) == 0 else None
+    except TypeError:
+        t = None
+    if t is None or not t > 0:
         raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
-    t = float(temperature)
     return _generate(
         step_fn,
         cache,

@@ -18,11 +18,12 @@ from jdlfs import decode
 V, EOS, PAD = 5, 2, 0
 
 
-def toy(seed: int = 0, vocab: int = V):
+def toy(seed: int = 0, vocab: int = V, eos_bias: float = 0.0):
     """A random model whose next-token logits depend on the token and on the
     cache (the sum of every token fed so far, mod 3). Returns the step
     function and ``logp(prefix_tokens) -> log-probs of the next token``."""
     table = np.asarray(jax.random.normal(jax.random.key(seed), (vocab, 3, vocab))) * 2.0
+    table[..., EOS] += eos_bias  # < 0: hypotheses live longer, so beams must travel with their caches
 
     def step_fn(tokens, position, cache):
         total = cache["sum"] + tokens
@@ -198,3 +199,30 @@ def test_start_tokens_of_any_integer_width(dtype):
     ref = decode.greedy(step_fn, cache0(2), jnp.array([1, 3], jnp.int32), max_len=4, eos_id=EOS)
     got = decode.greedy(step_fn, cache0(2), np.array([1, 3], dtype=dtype), max_len=4, eos_id=EOS)
     assert got.tolist() == ref.tolist()
+
+
+def true_logp(logp, start, seq):
+    seq = seq[: seq.index(EOS) + 1] if EOS in seq else seq  # token 0 (= PAD) is a real token here
+    return sum(logp([start] + seq[:j])[seq[j]] for j in range(len(seq))), len(seq)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.6, 2.0])
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_beam_scores_are_the_true_normalised_log_probs(seed, alpha):
+    """Long-lived beams (EOS made unlikely) in slots other than 0: a cache not
+    reordered with its beam, or a wrong length penalty, changes the scores."""
+    step_fn, logp = toy(seed, eos_bias=-4.0)
+    start = jnp.arange(V, dtype=jnp.int32)
+    ids, scores = jax.jit(
+        lambda s: decode.beam_search(step_fn, cache0(V), s, beam_size=3, eos_id=EOS, max_len=6, length_penalty=alpha)
+    )(start)
+    for r in range(V):
+        lp, length = true_logp(logp, r, ids[r].tolist())
+        np.testing.assert_allclose(float(scores[r]), lp / ((5.0 + length) / 6.0) ** alpha, rtol=1e-5, atol=1e-5)
+
+
+def test_sample_accepts_numpy_scalars_for_temperature():
+    step_fn, _ = toy()
+    a = decode.sample(step_fn, cache0(2), jnp.array([1, 1]), jax.random.key(0), max_len=3, temperature=np.float32(0.5))
+    b = decode.sample(step_fn, cache0(2), jnp.array([1, 1]), jax.random.key(0), max_len=3, temperature=0.5)
+    assert a.tolist() == b.tolist()
