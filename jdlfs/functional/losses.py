@@ -8,6 +8,18 @@ positions, label smoothing e):
     L = sum_n m_n l_n / C                            (mean over unmasked positions)
     dL/dz_nk = g m_n (p_nk sum_j t_j - t_k) / C       (= p - t, as sum t = 1 for a valid label)
     dL/dm_n  = g (l_n - [S > 0] L) / C                (float weights)
+  No one-hot is formed (each would cost a pass over N x K, the size of the logits):
+    l_n = (1 - e) [y_n valid] (lse - z_ny) + (e / K) (K lse - sum_k z_nk)
+  (a gather of the label's logit; the row sum only with smoothing), and with
+  sum_j t_j = (1 - e) [y_n valid] + e in closed form and p = E / sum_k E_k
+  (E = exp(z - max z), saved by the forward)
+    dL/dz_nk = c_n (sum_j t_j / sum_k E_nk) E_nk - c_n e / K - c_n (1 - e) [y_n valid] [k = y_n],
+    c_n = g m_n / C
+  one elementwise pass over E, then the label term added at one entry per row.
+  Logits of -inf (a masked vocabulary): without smoothing the loss stays finite
+  (the label's logit is gathered, the -inf ones only enter as E = 0) and they get
+  zero gradient, as long as the label's own logit is finite; with smoothing every
+  class has target mass e / K, so the loss is +inf.
   The weight gradient differentiates both branches of C: where S > 0, C = S
   depends on m (the ``- L`` term); where S <= 0, C = 1 is constant and
   dL/dm_n = g l_n. So the rule is the derivative of the forward for weights of
@@ -17,9 +29,9 @@ positions, label smoothing e):
   With a bool mask, padded positions of a sequence contribute neither loss nor
   gradient and the mean is over real tokens; an all-masked (or empty) batch
   gives L = 0 (no mask: S = number of positions).
-  A label outside [0, K) has an all-zero one-hot (labels cannot be range-checked
-  under jit): without smoothing its loss and gradient are 0, but it still counts
-  in the mean's denominator: mask it out to exclude it. (optax's
+  A label outside [0, K) has an all-zero one-hot (labels are never range-checked,
+  eager or under jit): without smoothing its loss and gradient are 0, but it still
+  counts in the mean's denominator: mask it out to exclude it. (optax's
   ``softmax_cross_entropy_with_integer_labels`` differs: label >= K gives NaN
   and -1 reads class K - 1.) Labels of every integer dtype (int8..int64,
   uint8..uint64) give the int32 result: a uint8 label 5 with 300 classes is
@@ -36,8 +48,9 @@ Precision: every loss computes in float32 for float16/bfloat16 input (float64
 for float64; ``_precision``): per-position terms, their sum, the count S and
 the scale g / C, so 16,384 x 1,000 float16 logits or 70,000 positions (sum
 and count above float16's 65,504) and a bfloat16 count of 257 are exact; the
-loss and the gradients are returned in the input dtypes. The softmax saved
-for cross-entropy's backward is kept in the logits' dtype (no extra memory).
+loss and the gradients are returned in the input dtypes. The E = exp(z - max)
+saved for cross-entropy's backward is kept in the logits' dtype (its entries lie
+in (0, 1]; no more memory than the logits), its row sums in float32.
 """
 
 from __future__ import annotations
@@ -53,21 +66,26 @@ from ._precision import upcast
 
 
 # ================================================================ softmax cross-entropy
-def _target(labels, k, smoothing, dtype):
-    onehot = jax.nn.one_hot(labels, k, dtype=dtype)  # (..., K); 0s for label -1
-    return onehot if smoothing == 0.0 else (1 - smoothing) * onehot + smoothing / k
+def _target_mass(labels, smoothing, dtype):
+    """sum_k t_k, (..., 1): (1 - e) [label valid] + e (dropped labels are -1)."""
+    valid = (labels >= 0).astype(dtype)[..., None]
+    return valid if smoothing == 0.0 else (1 - smoothing) * valid + smoothing
 
 
 def _xent_parts(logits, labels, w, smoothing):
     z = upcast(logits)  # float32 or wider
-    shifted = z - lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
-    e = jnp.exp(shifted)
+    k = z.shape[-1]
+    m = lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))  # (..., 1)
+    e = jnp.exp(z - m)
     sum_e = jnp.sum(e, axis=-1, keepdims=True)
-    lse = jnp.log(sum_e)  # (..., 1), shifted lse
-    target = _target(labels, z.shape[-1], smoothing, z.dtype)
-    # l_n = -sum_k t_k log p_k = sum_k t_k (lse - shifted_k): the shift cancels
-    # for any t (so it needs no gradient), and every term is >= +0.
-    per_pos = jnp.sum(target * (lse - shifted), axis=-1)  # (...)
+    lse = jnp.log(sum_e)[..., 0]  # (...), lse of the shifted z - m
+    # l_n = sum_k t_k (lse - shifted_k) without forming t (one-hot): the label's term
+    # is a gather, the smoothing term a row sum. The shift cancels for any t (so it
+    # needs no gradient), and every term is >= +0 (lse >= z_k - m).
+    picked = (jnp.take_along_axis(z, jnp.maximum(labels, 0)[..., None], axis=-1) - m)[..., 0]
+    per_pos = jnp.where(labels >= 0, (1 - smoothing) * (lse - picked), 0)  # (...)
+    if smoothing != 0.0:
+        per_pos = per_pos + (smoothing / k) * (k * lse - jnp.sum(z - m, axis=-1))
     if w is None:
         count = jnp.asarray(max(per_pos.size, 1), z.dtype)  # empty batch -> L = 0
         loss = jnp.sum(per_pos) / count
@@ -78,8 +96,8 @@ def _xent_parts(logits, labels, w, smoothing):
         count = jnp.where(total > 0, total, 1)  # all masked -> L = 0
         loss = jnp.sum(wa * per_pos) / count
         centre = jnp.where(total > 0, loss, 0)  # [S > 0] L
-    p = (e / sum_e).astype(logits.dtype)
-    return loss.astype(logits.dtype), (p, labels, w, count, per_pos, centre)
+    # saved for the backward: exp(z - m) in the logits' dtype (its entries are in (0, 1]) and its row sum
+    return loss.astype(logits.dtype), (e.astype(logits.dtype), sum_e, labels, w, count, per_pos, centre)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -92,16 +110,25 @@ def _softmax_xent_fwd(logits, labels, w, smoothing):
 
 
 def _softmax_xent_bwd(smoothing, res, g):
-    p, labels, w, count, per_pos, centre = res
-    acc = count.dtype
-    scale = g.astype(acc) / count
-    target = _target(labels, p.shape[-1], smoothing, acc)
-    residual = p.astype(acc) * jnp.sum(target, axis=-1, keepdims=True) - target  # = p - t for valid labels
+    e, sum_e, labels, w, count, per_pos, centre = res
+    acc, k = count.dtype, e.shape[-1]
+    c = g.astype(acc) / count  # (), or (...) times the weights
+    if w is not None:
+        c = c * upcast(w)
+    c = jnp.broadcast_to(c, labels.shape)[..., None]  # (..., 1)
+    # dL/dz = c (p sum_j t_j - t) = c sum_t / sum_e * e - c e / K - c (1 - e) [k = y]:
+    # one elementwise pass over e, then the label term added at one entry per row.
+    dlogits = (c * _target_mass(labels, smoothing, acc) / sum_e) * upcast(e)  # (..., K)
+    if smoothing != 0.0:
+        dlogits = dlogits - c * (smoothing / k)
+    at_label = jnp.where(labels >= 0, -(1 - smoothing) * c[..., 0], 0).reshape(-1)  # dropped label: nothing
+    rows = jnp.arange(at_label.size)
+    flat = dlogits.reshape(-1, k).at[rows, jnp.maximum(labels, 0).reshape(-1)].add(at_label, unique_indices=True)
+    dlogits = flat.reshape(e.shape).astype(e.dtype)
     if w is None:
-        return (scale * residual).astype(p.dtype), None, None  # labels: no cotangent
-    dlogits = (scale * upcast(w))[..., None] * residual  # (..., K)
-    dw = scale * (per_pos - centre)  # (...)
-    return dlogits.astype(p.dtype), None, dw.astype(w.dtype)
+        return dlogits, None, None  # labels: no cotangent
+    dw = g.astype(acc) / count * (per_pos - centre)  # (...)
+    return dlogits, None, dw.astype(w.dtype)
 
 
 _softmax_xent.defvjp(_softmax_xent_fwd, _softmax_xent_bwd)
@@ -112,10 +139,10 @@ def softmax_cross_entropy(logits, labels, *, mask=None, label_smoothing: float =
 
     Args:
       logits: ``(..., K)`` floating, ``K >= 1``.
-      labels: ``(...)`` integer class ids in ``[0, K)``, any integer dtype. Not
-        range-checked under ``jit``: an id outside has an all-zero one-hot, so
-        (without smoothing) zero loss and gradient — unlike optax, where a
-        label >= K gives NaN — yet it counts in the mean: mask it.
+      labels: ``(...)`` integer class ids in ``[0, K)``, any integer dtype. Never
+        range-checked (eager or under ``jit``): an id outside has an all-zero
+        one-hot, so (without smoothing) zero loss and gradient — unlike optax,
+        where a label >= K gives NaN — yet it counts in the mean: mask it.
       mask: optional ``(...)`` weights: bool (True = counts, e.g. the real
         tokens of padded sequences) or float (per-position weights, which are
         differentiable). The loss is ``sum(mask * l) / sum(mask)``, or
@@ -125,7 +152,9 @@ def softmax_cross_entropy(logits, labels, *, mask=None, label_smoothing: float =
       label_smoothing: ``e`` in ``[0, 1)``; target ``(1 - e) onehot + e / K``.
     Returns:
       scalar loss in logits' dtype (accumulated in float32 or wider). Gradient
-      w.r.t. logits ``(softmax - target) * mask / sum(mask)``.
+      w.r.t. logits ``(softmax - target) * mask / sum(mask)``. With ``-inf``
+      logits (vocabulary masking) and no smoothing the loss is finite (the
+      label's logit is gathered); with smoothing it is ``inf``.
     """
     logits = float_array("logits", logits, min_rank=1, layout="(..., K)")
     if logits.shape[-1] == 0:

@@ -27,13 +27,17 @@ one (B, 4H) x (4H, H) matmul per step. The parameter gradients are then single m
 over all B*T rows at once, and dx is one matmul too:
     dW_x = sum_t x_t^T dz_t,   dW_h = sum_t h_{t-1}^T dz_t,   db = sum_t sum_b dz_t,
     dx_t = dz_t W_x^T,         dh_0 = eh,   dc_0 = ec    (the carry after step 1).
-The input projection x W_x + b for all T is likewise hoisted out of the forward scan.
+The input projection x W_x + b for all T is likewise hoisted out of the forward scan, one
+matmul of x moved to time-major (T, B, D); the backward's matmuls stay time-major and only dx
+(T, B, D) is moved back. Transposing the narrow x, not the (T, B, 4H) projection and dz, made
+the char LSTM train step 1.24x faster on XLA:CPU (scripts/bench.py).
 
 Residuals (saved by the forward, all time-major): the gate activations (i, f, g, o)_t
 (T, B, 4H) -- every local derivative above is a function of the activation alone, so no
 pre-activation and no sigmoid/tanh is recomputed; c_{t-1} (T, B, H) for df; k_t = tanh(c_t)
-(T, B, H) for do and dc; the states h_t (they are the output hs) for dW_h; and x, h0, W_x,
-W_h for dx, dW_x and eh.
+(T, B, H) for do and dc; the states h_t (T, B, H) (the output hs, saved before it is moved
+to batch-first) and h0 for h_{t-1} in dW_h; x_tm, the input already moved to time-major
+(T, B, D), for dW_x; W_x for dx and W_h for eh.
 
 Precision. The matmuls and gate activations run in the input dtype, as for ``rnn``. The
 cell state is a running sum over time (c_t = sum_s (prod f) i_s g_s), so it is carried in
@@ -56,9 +60,9 @@ def _split_gates(a, hidden):
     return a[..., :hidden], a[..., hidden : 2 * hidden], a[..., 2 * hidden : 3 * hidden], a[..., 3 * hidden :]
 
 
-def _lstm_scan(x, h0, c0, w_x, w_h, b, save):
-    hidden, dt = w_h.shape[0], x.dtype
-    xz = jnp.einsum("btd,dk->tbk", x, w_x) + b  # (T, B, 4H), time-major
+def _lstm_scan(x_tm, h0, c0, w_x, w_h, b, save):
+    hidden, dt = w_h.shape[0], x_tm.dtype
+    xz = jnp.matmul(x_tm, w_x) + b  # (T, B, 4H), time-major (transposing x, not xz, is the cheap side)
 
     def step(carry, xz_t):
         h, c_prev = carry  # c in float32 or wider
@@ -75,19 +79,20 @@ def _lstm_scan(x, h0, c0, w_x, w_h, b, save):
 
 @jax.custom_vjp
 def _lstm(x, h0, c0, w_x, w_h, b):
-    hs, h_T, c_T = _lstm_scan(x, h0, c0, w_x, w_h, b, save=False)
+    hs, h_T, c_T = _lstm_scan(jnp.swapaxes(x, 0, 1), h0, c0, w_x, w_h, b, save=False)
     return jnp.swapaxes(hs, 0, 1), (h_T, c_T)
 
 
 def _lstm_fwd(x, h0, c0, w_x, w_h, b):
-    (hs, acts, c_prev, k), h_T, c_T = _lstm_scan(x, h0, c0, w_x, w_h, b, save=True)
-    return (jnp.swapaxes(hs, 0, 1), (h_T, c_T)), (x, h0, w_x, w_h, hs, acts, c_prev, k)
+    x_tm = jnp.swapaxes(x, 0, 1)  # (T, B, D)
+    (hs, acts, c_prev, k), h_T, c_T = _lstm_scan(x_tm, h0, c0, w_x, w_h, b, save=True)
+    return (jnp.swapaxes(hs, 0, 1), (h_T, c_T)), (x_tm, h0, w_x, w_h, hs, acts, c_prev, k)
 
 
 def _lstm_bwd(res, cts):
-    x, h0, w_x, w_h, hs, acts, c_prev, k = res  # time-major (T, B, .)
+    x_tm, h0, w_x, w_h, hs, acts, c_prev, k = res  # time-major (T, B, .)
     g_hs, (g_hT, g_cT) = cts  # (B, T, H), ((B, H), (B, H))
-    hidden, dt = w_h.shape[0], x.dtype
+    hidden, dt = w_h.shape[0], x_tm.dtype
     acc = acc_dtype(dt)
     w_hT = w_h.T.astype(acc)  # (4H, H)
 
@@ -105,10 +110,10 @@ def _lstm_bwd(res, cts):
     init = (g_hT.astype(acc), g_cT.astype(acc))
     (dh0, dc0), dz = lax.scan(back, init, (jnp.swapaxes(g_hs, 0, 1), acts, c_prev, k), reverse=True)
     h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # (T, B, H)
-    dw_x = jnp.einsum("btd,tbk->dk", x, dz, preferred_element_type=acc)
+    dw_x = jnp.einsum("tbd,tbk->dk", x_tm, dz, preferred_element_type=acc)  # all time-major: no (T, B, 4H) transposes
     dw_h = jnp.einsum("tbh,tbk->hk", h_prev, dz, preferred_element_type=acc)
     db = jnp.sum(dz, axis=(0, 1))
-    dx = jnp.einsum("tbk,dk->btd", dz, w_x, preferred_element_type=acc)
+    dx = jnp.swapaxes(jnp.einsum("tbk,dk->tbd", dz, w_x, preferred_element_type=acc), 0, 1)  # (B, T, D)
     return tuple(v.astype(dt) for v in (dx, dh0, dc0, dw_x, dw_h, db))
 
 

@@ -14,7 +14,13 @@ That recurrence is the only sequential part: a reverse ``lax.scan``. The
 parameter gradients are then single matmuls over all steps at once:
     dW_x = sum_t x_t^T da_t,   dW_h = sum_t h_{t-1}^T da_t,   db = sum_t da_t,
     dx_t = da_t W_x^T,         dh_0 = c_0.
-The input projection x W_x + b is likewise hoisted out of the forward scan.
+The input projection x W_x + b is likewise hoisted out of the forward scan, one matmul of x
+moved to time-major (T, B, in); the parameter-gradient matmuls stay time-major and only dx is
+moved back (transposing the narrow input, never a (T, B, H) array, as for the LSTM).
+
+Residuals (saved by the forward, all time-major): x_tm, the input already moved to
+time-major (T, B, in), for dW_x; the states h_t (T, B, H) for tanh' and, with h0, for
+h_{t-1} in dW_h; W_x for dx and W_h for the carry.
 """
 
 from __future__ import annotations
@@ -26,8 +32,8 @@ from jax import lax
 from .._checks import float_array, same_dtype, shape_is
 
 
-def _rnn_forward(x, h0, w_x, w_h, b):
-    xa = jnp.einsum("bti,ih->tbh", x, w_x) + b  # (T, B, H), time-major
+def _rnn_forward(x_tm, h0, w_x, w_h, b):
+    xa = jnp.matmul(x_tm, w_x) + b  # (T, B, H), time-major (transposing x, not xa, is the cheap side)
 
     def step(h, xa_t):
         h = jnp.tanh(xa_t + h @ w_h)  # (B, H)
@@ -39,17 +45,18 @@ def _rnn_forward(x, h0, w_x, w_h, b):
 
 @jax.custom_vjp
 def _rnn(x, h0, w_x, w_h, b):
-    hs, h_T = _rnn_forward(x, h0, w_x, w_h, b)
+    hs, h_T = _rnn_forward(jnp.swapaxes(x, 0, 1), h0, w_x, w_h, b)
     return jnp.swapaxes(hs, 0, 1), h_T
 
 
 def _rnn_fwd(x, h0, w_x, w_h, b):
-    hs, h_T = _rnn_forward(x, h0, w_x, w_h, b)
-    return (jnp.swapaxes(hs, 0, 1), h_T), (x, h0, w_x, w_h, hs)
+    x_tm = jnp.swapaxes(x, 0, 1)  # (T, B, in)
+    hs, h_T = _rnn_forward(x_tm, h0, w_x, w_h, b)
+    return (jnp.swapaxes(hs, 0, 1), h_T), (x_tm, h0, w_x, w_h, hs)
 
 
 def _rnn_bwd(res, cts):
-    x, h0, w_x, w_h, hs = res  # hs (T, B, H)
+    x_tm, h0, w_x, w_h, hs = res  # time-major: x_tm (T, B, in), hs (T, B, H)
     g_hs, g_hT = cts  # (B, T, H), (B, H)
     g_hs = jnp.swapaxes(g_hs, 0, 1)  # (T, B, H)
 
@@ -60,10 +67,10 @@ def _rnn_bwd(res, cts):
 
     dh0, da = lax.scan(back, g_hT, (g_hs, hs), reverse=True)  # da (T, B, H)
     h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # (T, B, H)
-    dw_x = jnp.einsum("bti,tbh->ih", x, da)
+    dw_x = jnp.einsum("tbi,tbh->ih", x_tm, da)  # all time-major: no (T, B, H) transposes
     dw_h = jnp.einsum("tbk,tbh->kh", h_prev, da)
     db = jnp.sum(da, axis=(0, 1))
-    dx = jnp.einsum("tbh,ih->bti", da, w_x)
+    dx = jnp.swapaxes(jnp.einsum("tbh,ih->tbi", da, w_x), 0, 1)  # (B, T, in)
     return dx, dh0, dw_x, dw_h, db
 
 
