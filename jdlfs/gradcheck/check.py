@@ -20,6 +20,7 @@ from .numerical import (
     _np64,
     _random_cotangent,
     _resolve_tolerances,
+    _rounding_envelope,
     _within,
     _zero_cotangent,
 )
@@ -204,8 +205,8 @@ def check_vjp(
     # ---- (b) finite differences in float64 ------------------------------------
     if num_directions > 0 and any(is_float_arg) and any(float_out):
         ct_leaves = jax.tree_util.tree_leaves(ct)
-        truth = _fd_check(f, primals, by_dyn, ct_leaves, float_out, dir_key, num_directions, fd_eps, tol["fd"])
-        _as_accurate_as_autodiff(by_dyn, res, truth)
+        truth, grad_at = _fd_check(f, primals, by_dyn, ct_leaves, float_out, dir_key, num_directions, fd_eps, tol["fd"])
+        _as_accurate_as_autodiff(by_dyn, res, truth, grad_at, primals, jax.random.fold_in(dir_key, 7))
 
     return report
 
@@ -220,7 +221,7 @@ def _grade_gradients(by_dyn, hand, other, tol, check: str) -> None:
             setattr(r, f"{check}_ok", _within(rel, _dtype_tol(tol, r.dtype, check)))
 
 
-def _as_accurate_as_autodiff(by_dyn, res, truth) -> None:
+def _as_accurate_as_autodiff(by_dyn, res, truth, grad_at, primals, key) -> None:
     """Second opinion for low-precision (a)/(c) failures: compare accuracies.
 
     A gradient entry that is a sum of large terms cancelling to a small value
@@ -228,15 +229,28 @@ def _as_accurate_as_autodiff(by_dyn, res, truth) -> None:
     1e-5 *relative to itself*, in the hand rule and in autodiff alike; a
     relative tolerance cannot tell that from a wrong rule. The float64 hand
     VJP is the truth here once finite differences have verified it (fd_ok).
-    Autodiff of the *same* forward in the same dtype measures the rounding
-    envelope at this point (different summation orders scatter by a small
-    factor around eps * condition); the reference cannot, as it may be a
-    different function. A failed (a) or (c) is accepted iff
-    ``e_hand <= 4 e_autodiff + 4 eps``, distances relative to ``||truth||``:
-    the hand rule is as accurate as autodiff (its exactness is (b)'s job). For
-    (c) the reference must satisfy the same bound, because a wrong primal
-    would move the float64 truth along with the hand rule.
+    The rounding envelope at this point is measured two ways: autodiff of the
+    *same* forward in the same dtype (one summation order; the reference
+    cannot serve, as it may be a different function), and the movement of the
+    exact gradient under a one-rounding relative perturbation of the inputs
+    (``_rounding_envelope``: condition number times eps, which no summation
+    order beats reliably). A failed (a) or (c) is accepted iff
+    ``e_hand <= 4 max(e_autodiff, e_condition) + 4 eps``, distances relative
+    to ``||truth||``: the hand rule is as accurate as float32 allows here (its
+    exactness is (b)'s job). For (c) the reference must satisfy the same
+    bound, because a wrong primal would move the float64 truth along with the
+    hand rule.
     """
+    needs = [
+        k
+        for k, r in enumerate(by_dyn)
+        if r.kind == "float"
+        and k in truth
+        and r.fd_ok is True
+        and r.dtype != "float64"
+        and (r.autodiff_ok is False or r.reference_ok is False)
+    ]
+    condition = _rounding_envelope(grad_at, primals, by_dyn, truth, key) if needs else {}
     for k, r in enumerate(by_dyn):
         if r.kind != "float" or k not in truth or r.fd_ok is not True or r.dtype == "float64":
             continue
@@ -252,7 +266,9 @@ def _as_accurate_as_autodiff(by_dyn, res, truth) -> None:
         if "g_r" in res:
             others["reference"] = res["g_r"][k]
         r.vs_float64 = {"hand": e_hand, **{name: dist(g) for name, g in others.items()}}
-        bound = 4 * r.vs_float64["autodiff"] + floor
+        if k in condition:
+            r.vs_float64["condition"] = condition[k]
+        bound = 4 * max(r.vs_float64["autodiff"], condition.get(k, 0.0)) + floor
         for name in others:
             # (c) also guards against a wrong primal, which would make the float64
             # "truth" wrong too: the reference itself must sit inside the envelope.
