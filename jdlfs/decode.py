@@ -48,6 +48,7 @@ Beam search follows the usual recipe (Wu et al. 2016, "GNMT"; as in Flax's
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -65,6 +66,27 @@ def _int_arg(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
     return int(value)
+
+
+def _float_arg(name: str, value: Any, *, positive: bool = False) -> float:
+    """A static finite number (``> 0`` if ``positive``, else ``>= 0``) as a Python float.
+
+    Python ints/floats, NumPy scalars (``np.float32(0.6)``, ``np.int64(1)``)
+    and concrete 0-d arrays are converted with ``float``; bools, strings,
+    arrays with more than one element and traced values are refused.
+    """
+    number = None
+    if not isinstance(value, (bool, np.bool_, str, bytes)) and not isinstance(value, jax.core.Tracer):
+        dtype = getattr(value, "dtype", None)
+        numeric = isinstance(value, (int, float, np.integer, np.floating)) or (
+            dtype is not None and np.ndim(value) == 0 and np.issubdtype(dtype, np.number)
+        )
+        if numeric and not np.issubdtype(np.asarray(value).dtype, np.complexfloating):
+            number = float(value)
+    bound = "> 0" if positive else ">= 0"
+    if number is None or not math.isfinite(number) or not (number > 0 if positive else number >= 0):
+        raise ValueError(f"{name} must be a finite number {bound} (a Python or NumPy scalar), got {value!r}")
+    return number
 
 
 def _optional_id(name: str, value: Any) -> int | None:
@@ -164,13 +186,8 @@ def sample(
 ) -> jax.Array:
     """Ancestral sampling from ``softmax(logits / temperature)``; step ``i``
     draws with ``fold_in(key, i)``, so a key gives the same text every time.
-    Returns ids ``(B, max_len)``."""
-    try:
-        t = float(temperature) if not isinstance(temperature, bool) and np.ndim(temperature) == 0 else None
-    except TypeError:
-        t = None
-    if t is None or not t > 0:
-        raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+    ``temperature``: a finite number > 0 (Python or NumPy scalar). Returns ids ``(B, max_len)``."""
+    t = _float_arg("temperature", temperature, positive=True)
     return _generate(
         step_fn,
         cache,
@@ -207,16 +224,17 @@ def beam_search(
 ) -> tuple[jax.Array, jax.Array]:
     """Beam search (see the module docstring). Returns ``(ids, scores)``: the
     best hypothesis per row, ids ``(B, max_len)`` int32, and its score
-    ``logp / lp(len)`` float32 ``(B,)``."""
+    ``logp / lp(len)`` float32 ``(B,)``.
+
+    ``length_penalty`` is a finite number >= 0 (a Python or NumPy scalar,
+    converted with ``float``); the int arguments accept NumPy integers."""
     tokens = _start(start_tokens)
     b = tokens.shape[0]
     k = _int_arg("beam_size", beam_size, 1)
     max_len = _int_arg("max_len", max_len, 1)
     eos_id, pad_id = _int_arg("eos_id", eos_id, 0), _int_arg("pad_id", pad_id, 0)
     start_position = _int_arg("start_position", start_position, 0)
-    if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)) or length_penalty < 0:
-        raise ValueError(f"length_penalty must be a number >= 0, got {length_penalty!r}")
-    alpha = float(length_penalty)
+    alpha = _float_arg("length_penalty", length_penalty)
     _check_cache(cache, b)
     cache = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), cache)
 

@@ -226,3 +226,51 @@ def test_sample_accepts_numpy_scalars_for_temperature():
     a = decode.sample(step_fn, cache0(2), jnp.array([1, 1]), jax.random.key(0), max_len=3, temperature=np.float32(0.5))
     b = decode.sample(step_fn, cache0(2), jnp.array([1, 1]), jax.random.key(0), max_len=3, temperature=0.5)
     assert a.tolist() == b.tolist()
+
+
+@pytest.mark.parametrize(
+    "alpha, same_as",
+    [(np.float32(0.5), 0.5), (np.float64(0.6), 0.6), (np.int64(1), 1.0), (np.float16(2.0), 2.0), (np.uint8(0), 0.0)],
+)
+def test_beam_search_accepts_numpy_scalars(alpha, same_as):
+    step_fn, _ = toy(2, eos_bias=-2.0)
+    start = jnp.arange(V, dtype=jnp.int32)
+    want = decode.beam_search(step_fn, cache0(V), start, beam_size=3, eos_id=EOS, max_len=5, length_penalty=same_as)
+    got = decode.beam_search(
+        step_fn,
+        cache0(V),
+        start,
+        beam_size=np.int64(3),
+        eos_id=np.uint8(EOS),
+        max_len=np.int32(5),
+        length_penalty=alpha,
+        pad_id=np.int16(PAD),
+        start_position=np.int64(0),
+    )
+    assert got[0].tolist() == want[0].tolist()
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_greedy_and_sample_accept_numpy_scalars():
+    step_fn, _ = toy(4)
+    start = jnp.array([1, 3])
+    want = decode.greedy(step_fn, cache0(2), start, max_len=5, eos_id=EOS)
+    got = decode.greedy(step_fn, cache0(2), start, max_len=np.int64(5), eos_id=np.int8(EOS), pad_id=np.uint16(PAD))
+    assert got.tolist() == want.tolist()
+    key = jax.random.key(3)
+    want = decode.sample(step_fn, cache0(2), start, key, max_len=4, temperature=2.0)
+    for t in (np.int32(2), np.float16(2.0), jnp.float32(2.0)):
+        assert (
+            decode.sample(step_fn, cache0(2), start, key, max_len=np.uint8(4), temperature=t).tolist() == want.tolist()
+        )
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -0.5, "0.6", True, np.array([0.6, 1.0]), None])
+def test_length_penalty_and_temperature_must_be_finite_numbers(bad):
+    step_fn, _ = toy()
+    with pytest.raises(ValueError, match="length_penalty must be a finite number >= 0"):
+        decode.beam_search(
+            step_fn, cache0(2), jnp.array([1, 1]), beam_size=2, eos_id=EOS, max_len=3, length_penalty=bad
+        )
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+        decode.sample(step_fn, cache0(2), jnp.array([1, 1]), jax.random.key(0), max_len=3, temperature=bad)
