@@ -3,9 +3,13 @@
 Nothing here knows about a model. A model exposes one *step function*::
 
     step_fn(tokens, position, cache) -> (logits, cache)
+    step_fn(tokens, cache) -> (logits, cache)          (also accepted)
 
     tokens    int32 (N,)    the current input token of each sequence
     position  int32 scalar  the 0-based position of ``tokens`` in the sequence
+                            (not passed to a step function with two required
+                            positional parameters: one that keeps its own
+                            position in the cache, or needs none)
     cache     a pytree whose every leaf has leading axis N: a Transformer's
               key/value cache (and the encoder output it cross-attends to),
               an RNN's hidden state, ...
@@ -48,6 +52,7 @@ Beam search follows the usual recipe (Wu et al. 2016, "GNMT"; as in Flax's
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -115,8 +120,24 @@ def _check_cache(cache: Any, rows: int) -> None:
             )
 
 
+def _takes_position(step_fn) -> bool:
+    """False for a ``step_fn(tokens, cache)``: exactly two required positional parameters, no ``*args``."""
+    try:
+        params = inspect.signature(step_fn).parameters.values()
+    except (TypeError, ValueError):  # no introspectable signature: the documented three-argument form
+        return True
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return True
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = [q for q in params if q.kind in positional and q.default is inspect.Parameter.empty]
+    return len(required) != 2
+
+
 def _logits(step_fn: StepFn, tokens, position, cache, rows: int):
-    logits, cache = step_fn(tokens, position, cache)
+    if _takes_position(step_fn):
+        logits, cache = step_fn(tokens, position, cache)
+    else:
+        logits, cache = step_fn(tokens, cache)
     if logits.ndim != 2 or logits.shape[0] != rows:
         raise ValueError(f"step_fn must return logits of shape ({rows}, vocab), got {logits.shape}")
     return logits.astype(jnp.float32), cache

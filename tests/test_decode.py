@@ -274,3 +274,27 @@ def test_length_penalty_and_temperature_must_be_finite_numbers(bad):
         )
     with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
         decode.sample(step_fn, cache0(2), jnp.array([1, 1]), jax.random.key(0), max_len=3, temperature=bad)
+
+
+def test_two_argument_step_functions_are_accepted():
+    """``step_fn(tokens, cache)`` (no position) decodes exactly as the three-argument form."""
+    step3, _ = toy(1, eos_bias=-1.0)
+
+    def step2(tokens, cache):
+        return step3(tokens, None, cache)
+
+    start = jnp.array([1, 3, 4], jnp.int32)
+    for run in (
+        lambda f: decode.greedy(f, cache0(3), start, max_len=5, eos_id=EOS),
+        lambda f: decode.sample(f, cache0(3), start, key=jax.random.key(0), max_len=5, eos_id=EOS),
+        lambda f: decode.beam_search(f, cache0(3), start, beam_size=3, max_len=5, eos_id=EOS),  # (ids, scores)
+    ):
+        for got, want in zip(jax.tree.leaves(run(step2)), jax.tree.leaves(run(step3))):
+            np.testing.assert_array_equal(got, want)
+    # a lambda and a step with an optional third parameter count as the two-argument form too
+    np.testing.assert_array_equal(
+        decode.greedy(lambda t, c: step2(t, c), cache0(3), start, max_len=5, eos_id=EOS),
+        decode.greedy(step3, cache0(3), start, max_len=5, eos_id=EOS),
+    )
+    assert not decode._takes_position(lambda tokens, cache, scale=1.0: None)
+    assert decode._takes_position(lambda *args: None) and decode._takes_position(step3)

@@ -110,6 +110,10 @@ def test_config_refuses_bad_fields():
     with pytest.raises(ValueError, match="positions"):
         mae.Config(positions="rope")
     assert mae.Config().num_keep == 16 and mae.Config().num_patches == 64 and mae.Config().patch_dim == 48
+    # float error never drops a visible patch: 100 * (1 - 0.9) is 9.999999999999998 in floating point
+    assert mae.num_keep(100, 0.9) == 10 and mae.num_keep(10, 0.9) == 1 and mae.num_keep(64, 0.7) == 19
+    with pytest.raises(ValueError, match="at least 2 values per patch"):
+        mae.Config(image_size=4, patch_size=1, channels=1, norm_pix_loss=True)
 
 
 # ---------------------------------------------------------------- patches

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 
 import jax
@@ -626,6 +627,15 @@ def test_config_is_frozen_and_hashable():
     with pytest.raises(dataclasses.FrozenInstanceError):
         TINY.d_model = 32
     assert hash(TINY) == hash(dataclasses.replace(TINY)) and TINY.decoder_layers == 2 and TINY.d_head == 8
+
+
+def test_config_has_defaults_and_stores_numpy_numbers_as_python_numbers():
+    default = T.Config()
+    assert (default.src_vocab, default.tgt_vocab, default.d_model, default.num_heads) == (8000, 8000, 256, 4)
+    cfg = T.Config(src_vocab=np.int16(50), tgt_vocab=np.int64(60), d_model=np.int32(16), dropout=np.float32(0.25))
+    assert type(cfg.src_vocab) is int and type(cfg.d_model) is int and type(cfg.dropout) is float
+    assert cfg.dropout == 0.25 and cfg == T.Config(src_vocab=50, tgt_vocab=60, d_model=16, dropout=0.25)
+    json.dumps(dataclasses.asdict(cfg))  # serialisable, as the experiments save it
 
 
 def test_bad_inputs_are_refused(params):

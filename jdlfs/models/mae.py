@@ -97,8 +97,11 @@ def _ratio(name: str, v) -> float:
 
 
 def num_keep(num_patches: int, mask_ratio: float) -> int:
-    """Visible patches per image: ``int(num_patches * (1 - mask_ratio))``, as the paper's code (64, 0.75 -> 16)."""
-    return int(num_patches * (1.0 - float(mask_ratio)))
+    """Visible patches per image: ``int(num_patches * (1 - mask_ratio))``, as the paper's code (64, 0.75 -> 16).
+
+    The product is rounded to 6 decimals before the floor, so float error cannot drop a patch
+    (``100 * (1 - 0.9)`` is 9.999999999999998 in floating point: 10 visible, not 9)."""
+    return int(round(num_patches * (1.0 - float(mask_ratio)), 6))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,6 +177,11 @@ class Config:
         if not isinstance(self.norm_pix_loss, (bool, np.bool_)):
             raise TypeError(f"Config.norm_pix_loss must be a bool, got {type(self.norm_pix_loss).__name__}")
         object.__setattr__(self, "norm_pix_loss", bool(self.norm_pix_loss))
+        if self.norm_pix_loss and self.patch_size * self.patch_size * self.channels < 2:
+            raise ValueError(
+                "Config.norm_pix_loss standardises each patch by its own unbiased variance, which needs at least "
+                f"2 values per patch; patch_size={self.patch_size} with channels={self.channels} gives 1"
+            )
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"Config.activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         if isinstance(self.ln_eps, bool) or not isinstance(self.ln_eps, (int, float)) or not self.ln_eps > 0:

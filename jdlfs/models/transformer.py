@@ -137,11 +137,23 @@ ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
 
 
 # ================================================================ configuration
-def _int_field(name: str, v, minimum: int) -> None:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+def _int_field(config, name: str, minimum: int) -> None:
+    """Check an int field and store it as a Python int (numpy ints would not serialise to JSON)."""
+    v = getattr(config, name)
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
         raise TypeError(f"Config.{name} must be an int, got {type(v).__name__} {v!r}")
     if v < minimum:
         raise ValueError(f"Config.{name} must be >= {minimum}, got {v}")
+    object.__setattr__(config, name, int(v))
+
+
+def _float_field(config, name: str) -> float:
+    """Check a float field (Python or numpy, int accepted) and store it as a Python float."""
+    v = getattr(config, name)
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError(f"Config.{name} must be a float, got {type(v).__name__} {v!r}")
+    object.__setattr__(config, name, float(v))
+    return float(v)
 
 
 def _bool_field(name: str, v) -> None:
@@ -154,7 +166,8 @@ class Config:
     """Hyper-parameters of the encoder-decoder Transformer (hashable: a ``jit`` static argument).
 
     Attributes:
-      src_vocab, tgt_vocab: vocabulary sizes (the special ids included).
+      src_vocab, tgt_vocab: vocabulary sizes (the special ids included; default 8,000, the joint
+        sentencepiece vocabulary of ``experiments/translate.py``).
       d_model: model width ``D``; ``num_heads`` must divide it.
       num_heads: attention heads per attention layer.
       num_layers: encoder layers (and decoder layers unless ``num_decoder_layers``).
@@ -171,8 +184,8 @@ class Config:
       ln_eps: LayerNorm epsilon.
     """
 
-    src_vocab: int
-    tgt_vocab: int
+    src_vocab: int = 8000
+    tgt_vocab: int = 8000
     d_model: int = 256
     num_heads: int = 4
     num_layers: int = 3
@@ -198,17 +211,15 @@ class Config:
             ("max_len", 1),
             ("pad_id", 0),
         ):
-            _int_field(name, getattr(self, name), minimum)
+            _int_field(self, name, minimum)
         if self.num_decoder_layers is not None:
-            _int_field("num_decoder_layers", self.num_decoder_layers, 1)
+            _int_field(self, "num_decoder_layers", 1)
         if self.d_model % self.num_heads:
             raise ValueError(
                 f"Config.d_model={self.d_model} must be divisible by num_heads={self.num_heads} "
                 "(each head gets d_model / num_heads features)"
             )
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)):
-            raise TypeError(f"Config.dropout must be a float, got {type(self.dropout).__name__}")
-        if not 0.0 <= self.dropout < 1.0:
+        if not 0.0 <= _float_field(self, "dropout") < 1.0:
             raise ValueError(f"Config.dropout must be in [0, 1), got {self.dropout}")
         if self.pad_id >= min(self.src_vocab, self.tgt_vocab):
             raise ValueError(
@@ -224,7 +235,7 @@ class Config:
             )
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"Config.activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
-        if isinstance(self.ln_eps, bool) or not isinstance(self.ln_eps, (int, float)) or not self.ln_eps > 0:
+        if not _float_field(self, "ln_eps") > 0:
             raise ValueError(f"Config.ln_eps must be a positive float, got {self.ln_eps!r}")
 
     @property
