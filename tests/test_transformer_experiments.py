@@ -272,7 +272,7 @@ def model_run(tmp_path, *, config=None, text=None, **meta) -> Path:
         (dict(text=""), [], r"model.json is unreadable or not valid JSON"),
         (dict(config={"src_vocab": 50, "tgt_vocab": 50, "d_modle": 16}), [], r"unknown transformer.Config keys"),
         (dict(config={"src_vocab": 50, "tgt_vocab": 50, "d_model": 0}), [], r"invalid model config: Config.d_model"),
-        (dict(config={"src_vocab": 50}), [], r"invalid model config: .*tgt_vocab"),
+        (dict(config={"src_vocab": 50, "tgt_vocab": "many"}), [], r"invalid model config: .*tgt_vocab must be an int"),
         (dict(checkpoint="../../elsewhere"), [], r"'checkpoint' = '../../elsewhere' points outside the run folder"),
         (dict(source="body", target="title"), [], r"'body' -> 'title' model .*not a German -> English"),
         (dict(), ["--layer", "3"], r"--layer 3: the model has 3 encoder layers"),
