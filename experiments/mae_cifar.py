@@ -72,6 +72,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import resource
 import sys
 import time
@@ -145,11 +146,11 @@ def check_flags(args, *, positive_ints=(), positive=(), nonnegative=()) -> None:
         if getattr(args, name) < 1:
             raise runs.UsageError(f"{flag(name)} must be >= 1, got {getattr(args, name)}")
     for name in positive:
-        if not getattr(args, name) > 0:  # NaN too
-            raise runs.UsageError(f"{flag(name)} must be > 0, got {getattr(args, name)}")
+        if not 0 < getattr(args, name) < math.inf:  # NaN and inf too
+            raise runs.UsageError(f"{flag(name)} must be a finite number > 0, got {getattr(args, name)}")
     for name in nonnegative:
-        if not getattr(args, name) >= 0:
-            raise runs.UsageError(f"{flag(name)} must be >= 0, got {getattr(args, name)}")
+        if not 0 <= getattr(args, name) < math.inf:
+            raise runs.UsageError(f"{flag(name)} must be a finite number >= 0, got {getattr(args, name)}")
 
 
 def frac_key(f: float) -> str:
@@ -869,8 +870,8 @@ def parse_args(argv):
         args.probe_l2 = "0.01"
         args.warmup_epochs = 0.5
     l2_values = sorted(comma_floats("--probe-l2", args.probe_l2))
-    if any(not v >= 0 for v in l2_values):
-        raise runs.UsageError(f"--probe-l2 strengths must be >= 0, got {args.probe_l2!r}")
+    if any(not 0 <= v < math.inf for v in l2_values):
+        raise runs.UsageError(f"--probe-l2 strengths must be finite numbers >= 0, got {args.probe_l2!r}")
     probe_epochs = comma_epochs(args.probe_at_epochs, args.epochs)
     train_images = TRAIN_IMAGES[bool(args.quick)]
     if args.batch_size > train_images:

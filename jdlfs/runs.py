@@ -203,6 +203,15 @@ def _device_count(text: str) -> int:
     return n
 
 
+def _seed(text: str) -> int:
+    """``--seed``: an int a PRNG key can hold (jax.random.key takes a signed 64-bit seed; numpy's generators no
+    negative one)."""
+    n = int(text)
+    if not 0 <= n < 2**63:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**63), got {n}")
+    return n
+
+
 def experiment_parser(name: str, description: str) -> argparse.ArgumentParser:
     """The parser every experiment starts from: ``--seed``, ``--data-dir``, ``--out``, ``--quick``,
     ``--no-progress`` and ``--devices``.
@@ -212,7 +221,7 @@ def experiment_parser(name: str, description: str) -> argparse.ArgumentParser:
     leaving it out does (as ``--out`` and ``--devices`` do here).
     """
     p = _ExperimentParser(prog=f"experiments/{name}.py", description=description, formatter_class=_HelpFormatter)
-    p.add_argument("--seed", type=int, default=0, help="PRNG seed; the same seed gives the same result")
+    p.add_argument("--seed", type=_seed, default=0, help="PRNG seed; the same seed gives the same result")
     p.add_argument(
         "--data-dir",
         metavar="DIR",

@@ -70,6 +70,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import sys
@@ -1452,6 +1453,10 @@ def main(argv=None) -> dict:
         "measured only on a GPU; xla runs anywhere: a check of the comparison itself)",
     )
     args = p.parse_args(argv)
+    if args.repeats is not None and args.repeats < 1:
+        p.error(f"--repeats must be >= 1 (rounds per entry), got {args.repeats}")
+    if args.budget is not None and not 0 <= args.budget < math.inf:
+        p.error(f"--budget must be a finite number of seconds >= 0, got {args.budget}")
     for flag in ("json", "markdown"):  # before measuring: a long run must not end in a file it cannot write
         path = getattr(args, flag)
         if path and path != args.from_json:

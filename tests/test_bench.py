@@ -183,6 +183,25 @@ def test_missing_readme_is_refused_before_measuring(tmp_path, monkeypatch, capsy
     assert f"--readme {missing}: No such file" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--repeats", "0"], "--repeats must be >= 1"),
+        (["--repeats", "-3"], "--repeats must be >= 1"),
+        (["--budget", "-1"], "--budget must be a finite number"),
+        (["--budget", "inf"], "--budget must be a finite number"),
+        (["--budget", "nan"], "--budget must be a finite number"),
+    ],
+)
+def test_timing_flags_out_of_range_are_refused_before_measuring(argv, says, monkeypatch, capsys):
+    """Zero rounds would leave nothing to take a median of (an IndexError after the compilations)."""
+    monkeypatch.setattr(bench, "run", lambda **kw: pytest.fail("measured with an impossible timing"))
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--quick", "--filter", "relu", *argv])
+    assert exit_info.value.code == 2
+    assert says in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flag", ["--json", "--markdown"])
 def test_unwritable_output_is_refused_before_measuring(tmp_path, monkeypatch, capsys, flag):
     monkeypatch.setattr(bench, "run", lambda **kw: pytest.fail(f"measured before checking {flag}"))
@@ -603,3 +622,23 @@ def test_recurrent_ops_transpose_the_narrow_input(cell):
         if e.primitive.name == "transpose" and e.invars[0].aval.shape[-1] == d and e.invars[0].aval.ndim == 3
     ]
     assert len(transposes) == 2
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_recurrent_weight_gradients_are_2d_matmuls_over_all_steps(cell):
+    """dW_x and dW_h are one 2-D matmul each over the T*B rows (a free reshape of the time-major
+    arrays): as a two-axis contraction of two (T, B, .) arrays (``einsum("tbh,tbk->hk")``) XLA:CPU
+    contracted in (b, t) order and transposed dz and h_{t-1} to batch-major first. No matmul of
+    the forward + backward contracts two 3-D operands."""
+    b, t, d, h = 2, 3, 5, 4
+    g = 4 if cell == "lstm" else 1
+    x, h0 = jnp.ones((b, t, d)), jnp.zeros((b, h))
+    w = (jnp.ones((d, g * h)), jnp.ones((h, g * h)), jnp.zeros(g * h))
+    args = (x, h0, h0, *w) if cell == "lstm" else (x, h0, *w)
+    op = getattr(bench.F, cell)
+    fwd_bwd = lambda *a: jax.vjp(op, *a)[1](jax.tree.map(jnp.ones_like, jax.eval_shape(op, *a)))
+    dots = [e for e in _eqns(jax.make_jaxpr(fwd_bwd)(*args)) if e.primitive.name == "dot_general"]
+    weight_grads = [e for e in dots if e.outvars[0].aval.shape in {(d, g * h), (h, g * h)}]
+    assert len(weight_grads) == 2
+    assert all(v.aval.ndim == 2 for e in weight_grads for v in e.invars)
+    assert not [e for e in dots if all(v.aval.ndim == 3 for v in e.invars)]

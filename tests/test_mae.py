@@ -76,7 +76,15 @@ def test_mask_keeps_exactly_a_quarter_of_each_image_and_differs_between_images()
 
 @pytest.mark.parametrize(
     ("batch", "patches", "ratio", "error"),
-    [(0, 64, 0.75, ValueError), (4, 64, 1.0, ValueError), (4, 64, 0.999, ValueError), (4, 64, "0.75", TypeError)],
+    [
+        (0, 64, 0.75, ValueError),
+        (4, 64, 1.0, ValueError),
+        (4, 64, 0.999, ValueError),
+        (4, 64, "0.75", TypeError),
+        (4, 64, float("inf"), ValueError),
+        (4, 64, -float("inf"), ValueError),
+        (4, 64, float("nan"), ValueError),
+    ],
 )
 def test_random_masking_refuses_bad_arguments(batch, patches, ratio, error):
     with pytest.raises(error, match="batch|mask_ratio"):
@@ -107,6 +115,8 @@ def test_config_refuses_bad_fields():
         mae.Config(d_model=30, num_heads=4)
     with pytest.raises(ValueError, match="mask_ratio"):
         mae.Config(mask_ratio=0.999)
+    with pytest.raises(ValueError, match="mask_ratio must be a finite float"):
+        mae.Config(mask_ratio=float("inf"))
     with pytest.raises(ValueError, match="positions"):
         mae.Config(positions="rope")
     assert mae.Config().num_keep == 16 and mae.Config().num_patches == 64 and mae.Config().patch_dim == 48
@@ -636,6 +646,12 @@ def test_quick_run_folder_resumes_without_training_again(quick_run):
         ["--probe-blocks", "9"],
         ["--lr", "-1e-3"],
         ["--lr", "nan"],
+        ["--lr", "inf"],
+        ["--warmup-epochs", "inf"],
+        ["--probe-l2", "0.01,inf"],
+        ["--mask-ratio", "inf"],
+        ["--mask-ratio", "-inf"],
+        ["--mask-ratio", "nan"],
         ["--weight-decay", "-0.05"],
         ["--probe-tol", "-1"],
         ["--supervised-lr", "-1"],

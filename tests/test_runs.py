@@ -172,6 +172,16 @@ def test_devices_flag(monkeypatch):
         runs.local_devices(parse(["--devices", "999"]))
 
 
+@pytest.mark.parametrize("seed", ["-1", str(2**63), str(2**70), "1.5"])
+def test_seed_a_key_cannot_hold_is_refused(seed, capsys):
+    """jax.random.key overflows past a signed 64-bit seed: refused as a flag (exit 2), not a traceback later."""
+    assert parse(["--seed", str(2**63 - 1)]).seed == 2**63 - 1
+    with pytest.raises(SystemExit) as e:
+        parse(["--seed", seed])
+    assert e.value.code == 2
+    assert "--seed" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------- run folders and results.json
 
 

@@ -14,9 +14,13 @@ That recurrence is the only sequential part: a reverse ``lax.scan``. The
 parameter gradients are then single matmuls over all steps at once:
     dW_x = sum_t x_t^T da_t,   dW_h = sum_t h_{t-1}^T da_t,   db = sum_t da_t,
     dx_t = da_t W_x^T,         dh_0 = c_0.
-The input projection x W_x + b is likewise hoisted out of the forward scan, one matmul of x
-moved to time-major (T, B, in); the parameter-gradient matmuls stay time-major and only dx is
-moved back (transposing the narrow input, never a (T, B, H) array, as for the LSTM).
+The input product x W_x is likewise hoisted out of the forward scan, one matmul of x moved to
+time-major (T, B, in); b is added inside the step, where it fuses with the tanh. The
+parameter-gradient matmuls stay time-major and only dx is moved back (transposing the narrow
+input, never a (T, B, H) array, as for the LSTM): dW_x and dW_h are 2-D matmuls over the T*B
+rows in (t, b) order, a free reshape (an ``einsum("tbk,tbh->kh")`` let XLA contract in (b, t)
+order, transposing da and h_{t-1} first). These sums over T*B rows accumulate in float32 or
+wider (``_precision.acc_dtype``) and are cast back to the input dtype.
 
 Residuals (saved by the forward, all time-major): x_tm, the input already moved to
 time-major (T, B, in), for dW_x; the states h_t (T, B, H) for tanh' and, with h0, for
@@ -30,16 +34,17 @@ import jax.numpy as jnp
 from jax import lax
 
 from .._checks import float_array, same_dtype, shape_is
+from ._precision import acc_dtype
 
 
 def _rnn_forward(x_tm, h0, w_x, w_h, b):
-    xa = jnp.matmul(x_tm, w_x) + b  # (T, B, H), time-major (transposing x, not xa, is the cheap side)
+    xw = jnp.matmul(x_tm, w_x)  # (T, B, H), time-major (transposing x, not xw, is the cheap side)
 
-    def step(h, xa_t):
-        h = jnp.tanh(xa_t + h @ w_h)  # (B, H)
+    def step(h, xw_t):
+        h = jnp.tanh((xw_t + b) + h @ w_h)  # (B, H); + b fuses with the tanh
         return h, h
 
-    h_T, hs = lax.scan(step, h0, xa)  # hs (T, B, H)
+    h_T, hs = lax.scan(step, h0, xw)  # hs (T, B, H)
     return hs, h_T
 
 
@@ -67,11 +72,13 @@ def _rnn_bwd(res, cts):
 
     dh0, da = lax.scan(back, g_hT, (g_hs, hs), reverse=True)  # da (T, B, H)
     h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # (T, B, H)
-    dw_x = jnp.einsum("tbi,tbh->ih", x_tm, da)  # all time-major: no (T, B, H) transposes
-    dw_h = jnp.einsum("tbk,tbh->kh", h_prev, da)
-    db = jnp.sum(da, axis=(0, 1))
-    dx = jnp.swapaxes(jnp.einsum("tbh,ih->tbi", da, w_x), 0, 1)  # (B, T, in)
-    return dx, dh0, dw_x, dw_h, db
+    acc = acc_dtype(da.dtype)  # the sums over T*B rows run in float32 or wider
+    da2 = da.reshape(-1, da.shape[-1])  # (T*B, H), rows in (t, b) order: a free reshape of time-major
+    dw_x = jnp.matmul(x_tm.reshape(-1, x_tm.shape[-1]).T, da2, preferred_element_type=acc)  # (in, H)
+    dw_h = jnp.matmul(h_prev.reshape(-1, h_prev.shape[-1]).T, da2, preferred_element_type=acc)  # (H, H)
+    db = jnp.sum(da2, axis=0, dtype=acc)
+    dx = jnp.swapaxes(jnp.matmul(da, w_x.T, preferred_element_type=acc), 0, 1)  # (B, T, in)
+    return tuple(v.astype(da.dtype) for v in (dx, dh0, dw_x, dw_h, db))
 
 
 _rnn.defvjp(_rnn_fwd, _rnn_bwd)

@@ -93,6 +93,8 @@ def _ratio(name: str, v) -> float:
     """``v`` as a Python float: Python and numpy reals (``np.float32(0.75)``) are accepted, bools refused."""
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a float, got {type(v).__name__} {v!r:.40}")
+    if not np.isfinite(v):
+        raise ValueError(f"{name} must be a finite float, got {v!r}")
     return float(v)
 
 
