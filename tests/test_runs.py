@@ -55,7 +55,12 @@ def main(argv=None):
         raise KeyboardInterrupt
     if args.mode == "wait":
         print("ready", flush=True)
-        time.sleep(600)
+        # Short sleeps, as a training loop returns to Python between steps: the kernel may hand SIGINT to one of
+        # XLA's threads, and then only the main thread's next bytecode raises KeyboardInterrupt -- one long
+        # time.sleep(600) is not woken (the flaky 240 s timeout this test once had).
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
     if args.mode == "bug":
         raise ValueError("boom")
     return runs.finish(args, {"value": 1.5})
