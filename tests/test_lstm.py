@@ -17,6 +17,13 @@ from jdlfs.gradcheck import TOLERANCES, check_vjp, custom_vjp_count, strip_custo
 SHAPES = [(3, 7, 4, 5), (2, 1, 3, 4), (1, 5, 1, 1), (4, 6, 6, 8)]
 SHAPE_IDS = ["B3T7D4H5", "T1", "B1T5D1H1", "B4T6D6H8"]
 LONG = (2, 64, 3, 4)
+# The typical and single-step shapes, the long sequence and grad-of-grad are also lstm cases of jdlfs.op_cases,
+# which tests/test_functional_catalogue.py checks three ways in the default suite: here those are slow, so the
+# default suite runs each check once (the all-ones and wider shapes, here only, stay in it).
+ALSO_IN_CATALOGUE = pytest.mark.slow
+SHAPE_PARAMS = [
+    pytest.param(s, id=i, marks=ALSO_IN_CATALOGUE if i in ("B3T7D4H5", "T1") else ()) for s, i in zip(SHAPES, SHAPE_IDS)
+]
 
 
 def ref_step(h, c, x_t, w_x, w_h, b):
@@ -58,7 +65,7 @@ def random_cotangents(out, seed=2):
 # ------------------------------------------------------------------ the rule, three ways
 @pytest.mark.x64
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("shape", SHAPE_PARAMS)
 def test_three_way_check(shape, dtype):
     """Random cotangents on hs, h_T and c_T; autodiff with the rule stripped, float64 finite
     differences and the reference loop all agree with the hand rule."""
@@ -69,6 +76,7 @@ def test_three_way_check(shape, dtype):
     assert hs.dtype == h_T.dtype == c_T.dtype == np.dtype(dtype)
 
 
+@ALSO_IN_CATALOGUE
 @pytest.mark.x64
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_three_way_check_long_sequence(dtype):
@@ -87,7 +95,9 @@ def test_three_way_check_long_sequence(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float16, jnp.bfloat16])
-@pytest.mark.parametrize("shape", [SHAPES[0], LONG], ids=[SHAPE_IDS[0], "T64"])
+@pytest.mark.parametrize(
+    "shape", [pytest.param(SHAPES[0], id=SHAPE_IDS[0], marks=ALSO_IN_CATALOGUE), pytest.param(LONG, id="T64")]
+)
 def test_three_way_check_low_precision(shape, dtype):
     """Against float16/bfloat16 tolerances (finite differences still in float64); the reference
     only for short T (compile time, see above)."""
@@ -128,6 +138,7 @@ def _scalarized(fn, args, seed=1):
     return lambda *a: sum(jnp.sum(v * o) for v, o in zip(vs, jax.tree.leaves(fn(*a))))
 
 
+@ALSO_IN_CATALOGUE
 @pytest.mark.x64
 def test_grad_of_grad():
     """Reverse-over-reverse through the hand rule: numerically right (check_grads order 2) and

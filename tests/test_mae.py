@@ -499,6 +499,7 @@ def test_pretraining_recipe_of_a_run_folder_is_checked(script, tmp_path):
         script.check_pretrain_recipe(path, {"lr": 2e-3, "epochs": 30})
 
 
+@pytest.mark.slow  # 20 s; the trainer's exact resume is tested in tests/test_train.py in the default suite
 def test_staged_pretraining_equals_one_run_on_the_full_schedule(script, tmp_path):
     """--probe-at-epochs: fit stopped at epoch 1 and continued to 2 gives the uninterrupted 2-epoch run's
     parameters, and epoch 1 of it is not a 1-epoch run (the LR schedule is the full --epochs one)."""
