@@ -354,6 +354,7 @@ def test_quick_run_writes_every_figure_and_result(quick_rnn):
     assert "vanilla RNN" in (parent / "comparison.md").read_text()
 
 
+@pytest.mark.slow  # 10 s; resuming a stopped experiment is tested by default in tests/test_experiments.py
 @needs_reuters
 def test_a_stopped_lstm_run_resumes_and_joins_the_comparison(quick_rnn, monkeypatch):
     """An LSTM run stopped after epoch 1 (Ctrl-C right after the epoch's checkpoint): the same

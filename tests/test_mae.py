@@ -351,6 +351,7 @@ def test_half_precision_params_and_images_work(param_dtype, image_dtype, tiny_pa
     assert all(leaf.dtype == param_dtype for leaf in jax.tree.leaves(g))
 
 
+@pytest.mark.slow  # 10 s; the ops' float64 paths are checked in the catalogue, the half precisions here by default
 @pytest.mark.x64
 def test_float64_params_and_images_work(tiny_params):
     cfg = mae.Config(**{**TINY.__dict__, "norm_pix_loss": True})

@@ -525,7 +525,7 @@ def test_beam_search_accepts_numpy_scalar_length_penalties(peaked_params):
         T.beam_search(peaked_params, TINY, DECODE_SRC, length_penalty="0.6", **kw)
 
 
-@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, pytest.param(jnp.float16, marks=pytest.mark.slow)])
 def test_decoding_with_low_precision_parameters(peaked_params, dtype):
     half = jax.tree.map(lambda a: a.astype(dtype), peaked_params)
     cache = jax.eval_shape(lambda p: T.init_cache(p, TINY, DECODE_SRC, DECODE_LEN), half)
