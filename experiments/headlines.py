@@ -56,7 +56,7 @@ import jax
 import numpy as np
 from rouge_score import rouge_scorer
 
-from jdlfs import runs, train
+from jdlfs import runs
 from jdlfs.models import transformer
 from jdlfs.text import BOS_ID, EOS_ID, PAD_ID, SubwordTokenizer, load_reuters
 
@@ -201,27 +201,8 @@ def main(argv=None) -> dict:
         f"{row_src} + {row_tgt} tokens, {transformer.param_count(params):,} parameters",
         file=sys.stderr,
     )
-    steps_per_epoch = train_rows[1].shape[0] // args.batch_size
-    task = train.sequence(
-        transformer.model_fn(config), pad_id=PAD_ID, vocab_size=tok.vocab_size, label_smoothing=args.label_smoothing
-    )
-    optimizer = shared.make_optimizer(args.lr, args.warmup_steps, args.epochs * steps_per_epoch, args.clip)
-    result = train.fit(
-        task,
-        params,
-        {},
-        optimizer,
-        train_rows,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        key=jax.random.fold_in(root, 2),
-        test_data=val_rows,
-        eval_batch_size=128,
-        checkpoint=out / runs.CHECKPOINT / "train",
-        devices=runs.local_devices(args, args.batch_size),
-        progress=not args.no_progress,
-        desc="headlines",
-        on_epoch=shared.log_epoch("headlines"),
+    result = shared.train_transformer(
+        args, config, params, tok.vocab_size, train_rows, val_rows, root, out, "headlines"
     )
     params = jax.device_get(result.params)
     shared.save_model(out, params, config, tokenizer="spm.model", source="body", target="title")

@@ -222,6 +222,33 @@ def check_batch_size(args, rows: int) -> None:
         )
 
 
+def train_transformer(args, config, params, vocab_size, train_rows, val_rows, root, out, name: str):
+    """Teacher-forced training of the Transformer with the common flags (label smoothing, warm-up, clipping),
+    checkpointed under ``<out>/checkpoint/train`` (shared by translate.py and headlines.py)."""
+    steps_per_epoch = train_rows[1].shape[0] // args.batch_size
+    task = train.sequence(
+        transformer.model_fn(config), pad_id=PAD_ID, vocab_size=vocab_size, label_smoothing=args.label_smoothing
+    )
+    optimizer = make_optimizer(args.lr, args.warmup_steps, args.epochs * steps_per_epoch, args.clip)
+    return train.fit(
+        task,
+        params,
+        {},
+        optimizer,
+        train_rows,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        key=jax.random.fold_in(root, 2),
+        test_data=val_rows,
+        eval_batch_size=128,
+        checkpoint=out / runs.CHECKPOINT / "train",
+        devices=runs.local_devices(args, args.batch_size),
+        progress=not args.no_progress,
+        desc=name,
+        on_epoch=log_epoch(name),
+    )
+
+
 def make_optimizer(lr: float, warmup: int, total: int, clip: float) -> optax.GradientTransformation:
     """Adam (0.9, 0.98, eps 1e-9) as in the paper; linear warm-up to ``lr``, cosine decay to 0 at ``total``."""
     warmup = max(1, min(warmup, total - 1)) if total > 1 else 1
@@ -447,28 +474,7 @@ def main(argv=None) -> dict:
         f"{transformer.param_count(params):,} parameters",
         file=sys.stderr,
     )
-    steps_per_epoch = train_rows[1].shape[0] // args.batch_size
-    task = train.sequence(
-        transformer.model_fn(config), pad_id=PAD_ID, vocab_size=tok.vocab_size, label_smoothing=args.label_smoothing
-    )
-    optimizer = make_optimizer(args.lr, args.warmup_steps, args.epochs * steps_per_epoch, args.clip)
-    result = train.fit(
-        task,
-        params,
-        {},
-        optimizer,
-        train_rows,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        key=jax.random.fold_in(root, 2),
-        test_data=val_rows,
-        eval_batch_size=128,
-        checkpoint=out / runs.CHECKPOINT / "train",
-        devices=runs.local_devices(args, args.batch_size),
-        progress=not args.no_progress,
-        desc="translate",
-        on_epoch=log_epoch("translate"),
-    )
+    result = train_transformer(args, config, params, tok.vocab_size, train_rows, val_rows, root, out, "translate")
     params = jax.device_get(result.params)
     save_model(out, params, config, tokenizer="spm.model", source="de", target="en")
     params = jax.device_put(params)  # on the default device once, not copied in by every decoding call
