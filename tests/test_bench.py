@@ -603,12 +603,8 @@ def test_cross_entropy_forms_no_one_hot():
         assert _count(grad, (z,), "reduce_sum", z.shape) == (1 if smoothing == 0 else 2)
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm"])
-def test_recurrent_ops_transpose_the_narrow_input(cell):
-    """rnn/lstm move x (B, T, D) to time-major before the input projection and compute dx
-    time-major, instead of letting XLA transpose the (T, B, 4H) projection and the time-major
-    gradients around the einsums (the char LSTM step ran 1.24x faster, from 0.83x Flax's speed
-    to 1.08x): x in and dx out are the width-D transposes of the forward and backward."""
+def _recurrent_fwd_bwd_eqns(cell):
+    """``(D, H, gates, equations)`` of the jaxpr of one rnn/lstm forward + backward (B=2, T=3, D=5, H=4)."""
     b, t, d, h = 2, 3, 5, 4
     g = 4 if cell == "lstm" else 1
     x, h0 = jnp.ones((b, t, d)), jnp.zeros((b, h))
@@ -616,9 +612,19 @@ def test_recurrent_ops_transpose_the_narrow_input(cell):
     args = (x, h0, h0, *w) if cell == "lstm" else (x, h0, *w)
     op = getattr(bench.F, cell)
     fwd_bwd = lambda *a: jax.vjp(op, *a)[1](jax.tree.map(jnp.ones_like, jax.eval_shape(op, *a)))
+    return d, h, g, list(_eqns(jax.make_jaxpr(fwd_bwd)(*args)))
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_recurrent_ops_transpose_the_narrow_input(cell):
+    """rnn/lstm move x (B, T, D) to time-major before the input projection and compute dx
+    time-major, instead of letting XLA transpose the (T, B, 4H) projection and the time-major
+    gradients around the einsums (the char LSTM step ran 1.24x faster, from 0.83x Flax's speed
+    to 1.08x): x in and dx out are the width-D transposes of the forward and backward."""
+    d, _, _, eqns = _recurrent_fwd_bwd_eqns(cell)
     transposes = [
         e
-        for e in _eqns(jax.make_jaxpr(fwd_bwd)(*args))
+        for e in eqns
         if e.primitive.name == "transpose" and e.invars[0].aval.shape[-1] == d and e.invars[0].aval.ndim == 3
     ]
     assert len(transposes) == 2
@@ -630,14 +636,8 @@ def test_recurrent_weight_gradients_are_2d_matmuls_over_all_steps(cell):
     arrays): as a two-axis contraction of two (T, B, .) arrays (``einsum("tbh,tbk->hk")``) XLA:CPU
     contracted in (b, t) order and transposed dz and h_{t-1} to batch-major first. No matmul of
     the forward + backward contracts two 3-D operands."""
-    b, t, d, h = 2, 3, 5, 4
-    g = 4 if cell == "lstm" else 1
-    x, h0 = jnp.ones((b, t, d)), jnp.zeros((b, h))
-    w = (jnp.ones((d, g * h)), jnp.ones((h, g * h)), jnp.zeros(g * h))
-    args = (x, h0, h0, *w) if cell == "lstm" else (x, h0, *w)
-    op = getattr(bench.F, cell)
-    fwd_bwd = lambda *a: jax.vjp(op, *a)[1](jax.tree.map(jnp.ones_like, jax.eval_shape(op, *a)))
-    dots = [e for e in _eqns(jax.make_jaxpr(fwd_bwd)(*args)) if e.primitive.name == "dot_general"]
+    d, h, g, eqns = _recurrent_fwd_bwd_eqns(cell)
+    dots = [e for e in eqns if e.primitive.name == "dot_general"]
     weight_grads = [e for e in dots if e.outvars[0].aval.shape in {(d, g * h), (h, g * h)}]
     assert len(weight_grads) == 2
     assert all(v.aval.ndim == 2 for e in weight_grads for v in e.invars)
